@@ -1,0 +1,44 @@
+//! The `stranger-relay` binary: reads the configuration, sets up logging, binds, and serves
+//! until SIGTERM or SIGINT.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+
+use stranger_relay::{Config, serve};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() {
+    let config = Config::from_env_and_args();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let address = SocketAddr::new(config.host, config.port);
+    let listener = match TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("stranger-relay: cannot listen on {address}: {err}");
+            std::process::exit(1);
+        }
+    };
+    tracing::info!(%address, "listening");
+    if let Err(err) = serve(listener, config, shutdown_signal()).await {
+        eprintln!("stranger-relay: {err}");
+        std::process::exit(1);
+    }
+}
+
+/// Resolves on the first SIGTERM (what Fly.io and Docker send) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

@@ -1,0 +1,251 @@
+//! The HTTP surface (PROTOCOL.md, "HTTP"), as warp filters: `/ws`, `/healthz`, `/api/stats`,
+//! `/metrics` and the page.
+//!
+//! The WebSocket upgrade is done here rather than with `warp::ws()`, whose `Ws` cannot be given
+//! tungstenite's read buffer size (128 KiB per socket by default). The server loop in `lib.rs`
+//! moves hyper's `OnUpgrade` into a [`PendingUpgrade`] extension that this filter can take; we
+//! answer 101 ourselves and build the `WebSocketStream` with our own [`WebSocketConfig`].
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use futures::{SinkExt, StreamExt};
+use hyper::upgrade::OnUpgrade;
+use hyper::{HeaderMap, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tracing::{debug, info};
+use warp::Filter;
+use warp::reply::{Reply, Response};
+
+use crate::AppState;
+use crate::limits::client_address;
+use crate::metrics::RefusedReason;
+use crate::session::{self, Socket, close};
+
+/// Read buffer of each socket. Chat frames are a few hundred bytes; a larger frame grows the
+/// buffer only while it is read. tungstenite's default (128 KiB, allocated up front) would
+/// make an idle session cost a hundred times more.
+pub const READ_BUFFER_BYTES: usize = 2048;
+
+/// hyper's upgrade handle, made cloneable so a warp filter can take it out of the request.
+#[derive(Clone, Default)]
+pub struct PendingUpgrade(Arc<Mutex<Option<OnUpgrade>>>);
+
+impl PendingUpgrade {
+    pub fn new(on_upgrade: OnUpgrade) -> PendingUpgrade {
+        PendingUpgrade(Arc::new(Mutex::new(Some(on_upgrade))))
+    }
+    fn take(&self) -> Option<OnUpgrade> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// The TCP peer of the request, set by the server loop.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Every route of the server.
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static
+{
+    let with_state = {
+        let state = state.clone();
+        warp::any().map(move || state.clone())
+    };
+    let ws = warp::path!("ws")
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<PendingUpgrade>())
+        .and(warp::ext::get::<PeerAddr>())
+        .and(with_state.clone())
+        .map(
+            |headers: HeaderMap,
+             upgrade: Option<PendingUpgrade>,
+             peer: PeerAddr,
+             state: Arc<AppState>| {
+                upgrade_websocket(&headers, upgrade, peer.0, state)
+            },
+        );
+    let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok");
+    let stats = warp::path!("api" / "stats")
+        .and(warp::get())
+        .and(with_state.clone())
+        .map(|state: Arc<AppState>| {
+            let reply = warp::reply::json(&state.lobby.stats());
+            warp::reply::with_header(reply, header::CACHE_CONTROL, "no-store")
+        });
+    let metrics =
+        warp::path!("metrics")
+            .and(warp::get())
+            .and(with_state)
+            .map(|state: Arc<AppState>| {
+                let body = state.metrics.render(state.lobby.stats());
+                warp::reply::with_header(
+                    body,
+                    header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )
+            });
+    let page = warp::path::end()
+        .and(warp::get())
+        .map(|| warp::reply::html(PLACEHOLDER_PAGE));
+    ws.map(Reply::into_response)
+        .or(healthz.map(Reply::into_response))
+        .unify()
+        .or(stats.map(Reply::into_response))
+        .unify()
+        .or(metrics.map(Reply::into_response))
+        .unify()
+        .or(page.map(Reply::into_response))
+        .unify()
+        .recover(|rejection: warp::Rejection| async move {
+            let status = if rejection.is_not_found() {
+                StatusCode::NOT_FOUND
+            } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+                StatusCode::METHOD_NOT_ALLOWED
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            let text = status.canonical_reason().unwrap_or("error");
+            Ok::<_, std::convert::Infallible>(
+                warp::reply::with_status(text, status).into_response(),
+            )
+        })
+        .unify()
+}
+
+const PLACEHOLDER_PAGE: &str = "<!doctype html><meta charset=utf-8><title>stranger-relay</title>\
+<h1>stranger-relay</h1><p>The chat page is coming. The WebSocket is at <code>/ws</code>.</p>";
+
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    warp::reply::with_status(text, status).into_response()
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// Answers a `GET /ws`: checks the handshake and the client address, decides admission, and
+/// answers 101; the session (or the 1013 refusal) runs once hyper hands the socket over.
+fn upgrade_websocket(
+    headers: &HeaderMap,
+    upgrade: Option<PendingUpgrade>,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+) -> Response {
+    if !header_has_token(headers, header::UPGRADE, "websocket")
+        || !header_has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return plain(
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint takes a WebSocket upgrade",
+        );
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return plain(StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13");
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    let trusted = state.config.trust_proxy_header.as_deref();
+    let Ok(address) = client_address(peer, headers, trusted) else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "missing or invalid client address header",
+        );
+    };
+    let Some(on_upgrade) = upgrade.and_then(|u| u.take()) else {
+        return plain(StatusCode::BAD_REQUEST, "connection cannot be upgraded");
+    };
+    let admission = if state.shutdown.is_cancelled() {
+        Err(RefusedReason::ShuttingDown)
+    } else {
+        state.limits.admit(address)
+    };
+    let ws_config = websocket_config(state.config.max_frame_bytes);
+    let task_state = state.clone();
+    state.tasks.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => {
+                debug!("upgrade failed: {err}");
+                return;
+            }
+        };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                .await;
+        match admission {
+            Ok(permit) => session::run(socket, task_state, permit).await,
+            Err(reason) => {
+                task_state.metrics.refused(reason);
+                info!(reason = reason.as_str(), "connection refused");
+                refuse(socket, reason).await;
+            }
+        }
+    });
+    let mut response = Response::default();
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("upgrade"),
+    );
+    headers.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    let accept = derive_accept_key(key.as_bytes());
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        header::HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    response
+}
+
+/// tungstenite's settings for every socket: a small read buffer, writes straight to the socket
+/// (the outbound queue already batches), and the frame limit of the configuration.
+pub fn websocket_config(max_frame_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(Some(max_frame_bytes))
+        .max_frame_size(Some(max_frame_bytes))
+}
+
+/// Completes a refused upgrade with a close frame whose code and reason the page can show.
+async fn refuse(mut socket: Socket, reason: RefusedReason) {
+    let (code, text) = match reason {
+        RefusedReason::ShuttingDown => (close::RESTARTING, "the server is restarting"),
+        RefusedReason::AddressLimit => (close::AT_LIMIT, "too many connections from your address"),
+        RefusedReason::RateLimit => (
+            close::AT_LIMIT,
+            "too many new connections from your address",
+        ),
+        RefusedReason::ServerLimit => (close::AT_LIMIT, "the server is full"),
+    };
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: text.into(),
+    };
+    let linger = async {
+        if socket.send(Message::Close(Some(frame))).await.is_ok() {
+            while let Some(Ok(_)) = socket.next().await {}
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), linger).await;
+}

@@ -1,0 +1,389 @@
+//! One WebSocket connection, from `hello` to close.
+//!
+//! A session runs two futures in one task: the reader takes client frames and applies the
+//! protocol's checks in order (allowance, state, fields), the writer drains the session's
+//! outbound queue into the socket and sends the heartbeat pings. Whatever ends the session
+//! (the client's close, a dead socket, a protocol violation, the idle timeout, a stalled
+//! reader, the server's shutdown), the reader leaves the lobby first, so the partner hears
+//! `left` at once, and then the writer sends the close frame.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tracing::info;
+
+use crate::AppState;
+use crate::limits::{ConnectionPermit, SessionAllowance};
+use crate::matchmaker::SessionId;
+use crate::protocol::{Command, ErrorCode, Refusal, ServerFrame, parse_envelope};
+use crate::relay::{
+    FindError, Kill, MAX_QUEUE_WAIT, Outbound, Peer, RelayError, RoomChange, WRITE_TIMEOUT,
+};
+
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// How long the server waits for the client's answer to its close frame before dropping the
+/// socket (a clean close handshake keeps the close frame from being lost to a TCP reset).
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// How long the writer tries to get a close frame out before giving up on the socket.
+const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Close codes the server sends (PROTOCOL.md, "Close codes").
+pub mod close {
+    pub const IDLE: u16 = 1001;
+    pub const BINARY: u16 = 1003;
+    pub const ABUSE: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const RESTARTING: u16 = 1012;
+    pub const AT_LIMIT: u16 = 1013;
+}
+
+static TYPING_ON: &str = r#"{"type":"typing","active":true}"#;
+static TYPING_OFF: &str = r#"{"type":"typing","active":false}"#;
+
+/// How a session ended, for the close counter and the log line.
+#[derive(Debug, Clone, Copy)]
+struct Ending {
+    /// The close code sent or received; 1006 when the socket ended without one.
+    code: u16,
+    /// The server's close frame, if it sends one.
+    send: Option<(u16, &'static str)>,
+}
+
+impl Ending {
+    fn server(code: u16, reason: &'static str) -> Ending {
+        Ending {
+            code,
+            send: Some((code, reason)),
+        }
+    }
+    fn client(code: u16) -> Ending {
+        Ending { code, send: None }
+    }
+}
+
+/// Runs an admitted session to its end.
+pub async fn run(socket: Socket, state: Arc<AppState>, permit: ConnectionPermit) {
+    let id: SessionId = rand::random();
+    let started = Instant::now();
+    let (peer, outbound) = Peer::new(id, Peer::relay_depth(state.config.max_frame_bytes));
+    state.metrics.connections.inc();
+    let online = state.lobby.join(peer.clone());
+    info!(session = %format_args!("{id:016x}"), online, "session opened");
+
+    let (sink, stream) = socket.split();
+    let mut reader = Reader {
+        state: &state,
+        peer: &peer,
+        allowance: SessionAllowance::new(&state.config),
+        frames_in: 0,
+        relayed: 0,
+    };
+    let writer = write_loop(sink, outbound, &peer, state.config.ping_interval());
+    let ((ending, frames_in, relayed), ()) = tokio::join!(reader.run(stream), writer);
+
+    state.metrics.closed(ending.code);
+    drop(permit);
+    info!(
+        session = %format_args!("{id:016x}"),
+        close_code = ending.code,
+        frames_in,
+        relayed,
+        secs = started.elapsed().as_secs_f32(),
+        "session closed"
+    );
+}
+
+struct Reader<'a> {
+    state: &'a AppState,
+    peer: &'a Arc<Peer>,
+    allowance: SessionAllowance,
+    frames_in: u64,
+    relayed: u64,
+}
+
+/// What handling one frame asks of the loop.
+enum Next {
+    Continue,
+    Close(Ending),
+}
+
+impl Reader<'_> {
+    async fn run(&mut self, mut stream: SplitStream<Socket>) -> (Ending, u64, u64) {
+        let ending = self.read_until_end(&mut stream).await;
+        // Out of the room or queue first: the partner must not wait for our close handshake.
+        self.state.lobby.leave(self.peer.id);
+        let (code, reason) = ending.send.unwrap_or((0, ""));
+        self.peer.send_close(code, reason);
+        // Read on until the close handshake ends: the client's answer to our close frame, or
+        // (after the client's close) tungstenite flushing its answer on this next read.
+        let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+        let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+        (ending, self.frames_in, self.relayed)
+    }
+
+    async fn read_until_end(&mut self, stream: &mut SplitStream<Socket>) -> Ending {
+        let idle_timeout = self.state.config.idle_timeout();
+        let mut last_seen = tokio::time::Instant::now();
+        let idle = tokio::time::sleep_until(last_seen + idle_timeout);
+        tokio::pin!(idle);
+        loop {
+            let message = tokio::select! {
+                biased;
+                _ = self.state.shutdown.cancelled() => {
+                    return Ending::server(close::RESTARTING, "the server is restarting");
+                }
+                why = self.peer.killed() => {
+                    // The writer closes with 1008 (or drops the socket) by itself.
+                    let code = if why == Kill::Stalled { close::ABUSE } else { 1006 };
+                    return Ending { code, send: None };
+                }
+                _ = &mut idle => {
+                    let deadline = last_seen + idle_timeout;
+                    if tokio::time::Instant::now() >= deadline {
+                        return Ending::server(close::IDLE, "idle timeout");
+                    }
+                    idle.as_mut().reset(deadline);
+                    continue;
+                }
+                message = stream.next() => message,
+            };
+            // Any frame, pong included, is a sign of life. Re-arming the timer is deferred to
+            // its expiry, so this costs one clock read per frame.
+            last_seen = tokio::time::Instant::now();
+            let next = match message {
+                Some(Ok(Message::Text(text))) => {
+                    self.frames_in += 1;
+                    self.on_text(&text).await
+                }
+                Some(Ok(Message::Binary(_))) => Next::Close(Ending::server(
+                    close::BINARY,
+                    "binary frames are not accepted",
+                )),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Next::Continue,
+                Some(Ok(Message::Close(frame))) => {
+                    Next::Close(Ending::client(frame.map_or(1005, |f| u16::from(f.code))))
+                }
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                    Next::Close(Ending::server(close::TOO_BIG, "message too big"))
+                }
+                Some(Err(_)) | None => Next::Close(Ending::client(1006)),
+            };
+            if let Next::Close(ending) = next {
+                return ending;
+            }
+        }
+    }
+
+    /// Applies PROTOCOL.md's order of checks to one text frame.
+    async fn on_text(&mut self, frame: &str) -> Next {
+        let envelope = match parse_envelope(frame) {
+            Ok(envelope) => envelope,
+            Err(refusal) => return self.refuse(refusal),
+        };
+        let command = envelope.command;
+        let allowed = if command.is_chat() {
+            self.allowance.chat()
+        } else {
+            self.allowance.control()
+        };
+        if !allowed {
+            let metrics = &self.state.metrics;
+            let bucket = if command.is_chat() {
+                &metrics.rate_limited_msg
+            } else {
+                &metrics.rate_limited_control
+            };
+            bucket.inc();
+            return self.refuse(Refusal::new(
+                ErrorCode::RateLimited,
+                "slow down: over the rate limit",
+            ));
+        }
+        let lobby = &self.state.lobby;
+        let id = self.peer.id;
+        match command {
+            Command::Msg | Command::Typing => {
+                let Some(link) = self.peer.link() else {
+                    return self.refuse(not_chatting());
+                };
+                let frame = if command == Command::Msg {
+                    let text = match envelope.text(self.state.config.max_text_chars) {
+                        Ok(text) => text,
+                        Err(refusal) => return self.refuse(refusal),
+                    };
+                    self.state.metrics.relayed_bytes.inc_by(text.len() as u64);
+                    self.state.metrics.messages_relayed.inc();
+                    Utf8Bytes::from(ServerFrame::Msg { text: &text }.to_json())
+                } else {
+                    let active = match envelope.active() {
+                        Ok(active) => active,
+                        Err(refusal) => return self.refuse(refusal),
+                    };
+                    self.state.metrics.typing_relayed.inc();
+                    Utf8Bytes::from_static(if active { TYPING_ON } else { TYPING_OFF })
+                };
+                match link.partner.relay(link.room, frame).await {
+                    Ok(()) => self.relayed += 1,
+                    // The partner went away meanwhile: its `left` is on its way to us.
+                    Err(RelayError::Gone | RelayError::Stalled) => {}
+                }
+                Next::Continue
+            }
+            Command::Find => match lobby.find(id, || envelope.interests()) {
+                Ok(()) => Next::Continue,
+                Err(FindError::BadState) => self.refuse(Refusal::new(
+                    ErrorCode::BadState,
+                    "find is only allowed when idle",
+                )),
+                Err(FindError::Invalid(refusal)) => self.refuse(refusal),
+            },
+            Command::Skip | Command::Stop => {
+                let result = if command == Command::Skip {
+                    lobby.skip(id)
+                } else {
+                    lobby.stop(id)
+                };
+                match result {
+                    Ok(()) => Next::Continue,
+                    Err(_) => self.refuse(Refusal::new(
+                        ErrorCode::BadState,
+                        "skip and stop are only allowed when waiting or chatting",
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Answers a refused frame with `error`; `bad_request` and `rate_limited` cost a strike, and
+    /// a session out of strikes is closed with 1008.
+    fn refuse(&mut self, refusal: Refusal) -> Next {
+        if matches!(refusal.code, ErrorCode::BadRequest | ErrorCode::RateLimited)
+            && !self.allowance.strike()
+        {
+            return Next::Close(Ending::server(close::ABUSE, "too many refused frames"));
+        }
+        self.state.metrics.error(refusal.code);
+        let frame = ServerFrame::Error {
+            code: refusal.code,
+            message: refusal.message,
+        };
+        self.peer.send_control(&frame, RoomChange::Keep);
+        Next::Continue
+    }
+}
+
+fn not_chatting() -> Refusal {
+    Refusal::new(
+        ErrorCode::BadState,
+        "msg and typing are only allowed while chatting",
+    )
+}
+
+/// Drains the outbound queue into the socket until a `Close` item, sending pings meanwhile.
+async fn write_loop(
+    mut sink: SplitSink<Socket, Message>,
+    mut queue: mpsc::UnboundedReceiver<Outbound>,
+    peer: &Peer,
+    ping_interval: Duration,
+) {
+    let mut room = None;
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let item = tokio::select! {
+            biased;
+            why = peer.killed() => return close_stalled(&mut sink, why).await,
+            item = queue.recv() => item,
+            _ = ping.tick() => {
+                if let Err(why) = write(&mut sink, peer, Message::Ping(Default::default())).await {
+                    return close_stalled(&mut sink, why).await;
+                }
+                continue;
+            }
+        };
+        let message = match item {
+            None => return,
+            Some(Outbound::Control { frame, change }) => {
+                match change {
+                    RoomChange::Keep => {}
+                    RoomChange::Enter(r) => room = Some(r),
+                    RoomChange::Leave => room = None,
+                }
+                Message::Text(frame)
+            }
+            Some(Outbound::Chat {
+                room: for_room,
+                frame,
+                queued_at,
+            }) => {
+                peer.chat_slot_freed();
+                if room != Some(for_room) {
+                    continue; // meant for a room the client has left
+                }
+                if queued_at.elapsed() > MAX_QUEUE_WAIT {
+                    peer.kill(Kill::Stalled);
+                    return close_stalled(&mut sink, Kill::Stalled).await;
+                }
+                Message::Text(frame)
+            }
+            Some(Outbound::Close { code, reason }) => {
+                if code != 0 {
+                    let frame = CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: reason.into(),
+                    };
+                    let send = sink.send(Message::Close(Some(frame)));
+                    let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, send).await;
+                }
+                return;
+            }
+        };
+        if let Err(why) = write(&mut sink, peer, message).await {
+            return close_stalled(&mut sink, why).await;
+        }
+    }
+}
+
+/// Writes one message. A write that fails or stalls kills the peer, so the reader ends too.
+async fn write(
+    sink: &mut SplitSink<Socket, Message>,
+    peer: &Peer,
+    message: Message,
+) -> Result<(), Kill> {
+    let why = tokio::select! {
+        biased;
+        why = peer.killed() => why,
+        result = tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)) => match result {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(_)) => Kill::SocketDead,
+            Err(_) => Kill::Stalled,
+        },
+    };
+    peer.kill(why);
+    Err(why)
+}
+
+/// The session was killed: a client that stopped reading gets a 1008 close if it can still
+/// be written; a dead socket gets nothing.
+async fn close_stalled(sink: &mut SplitSink<Socket, Message>, why: Kill) {
+    if why == Kill::Stalled {
+        let frame = CloseFrame {
+            code: CloseCode::from(close::ABUSE),
+            reason: "not reading".into(),
+        };
+        let send = sink.send(Message::Close(Some(frame)));
+        let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, send).await;
+    }
+}
