@@ -152,7 +152,14 @@ impl Matchmaker {
         if !matches!(session.status, Status::Idle) {
             return Err(BadState);
         }
-        session.interests = interests;
+        // The protocol layer already drops duplicates; the index relies on it, so make sure.
+        let mut unique: Vec<String> = Vec::with_capacity(interests.len());
+        for interest in interests {
+            if !unique.contains(&interest) {
+                unique.push(interest);
+            }
+        }
+        session.interests = unique;
         self.enqueue(id, now);
         Ok(self.try_pair(id, now))
     }
