@@ -11,6 +11,9 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() {
     let config = Config::from_env_and_args();
+    // Only this crate's `tracing` events are logged: tracing-subscriber is built without its
+    // `log` bridge, so dependencies that dump frames at trace level through `log` (tungstenite)
+    // cannot put a message text into the logs, whatever RUST_LOG says.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
