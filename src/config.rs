@@ -107,7 +107,11 @@ impl Config {
     /// with code 2; `--help` and `--version` print and exit 0.
     pub fn from_env_and_args() -> Config {
         match Config::try_parse() {
-            Ok(config) => config,
+            // `TRUST_PROXY_HEADER=` (empty) means unset, as a shell user would expect.
+            Ok(mut config) => {
+                config.trust_proxy_header.take_if(|h| h.is_empty());
+                config
+            }
             Err(err) => match err.kind() {
                 ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => err.exit(),
                 _ => {
@@ -218,6 +222,9 @@ fn positive_usize(s: &str) -> Result<usize, String> {
 
 fn header_name(s: &str) -> Result<String, String> {
     let s = s.trim();
+    if s.is_empty() {
+        return Ok(String::new());
+    }
     hyper::header::HeaderName::from_bytes(s.as_bytes())
         .map(|_| s.to_string())
         .map_err(|_| "not a valid HTTP header name".into())

@@ -2,6 +2,7 @@
 //! until SIGTERM or SIGINT.
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 
 use stranger_relay::{Config, serve};
@@ -28,7 +29,8 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    tracing::info!(%address, "listening");
+    let bound = listener.local_addr().map_or(address, |a| a);
+    tracing::info!(address = %bound, "listening");
     if let Err(err) = serve(listener, config, shutdown_signal()).await {
         eprintln!("stranger-relay: {err}");
         std::process::exit(1);
