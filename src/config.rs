@@ -74,6 +74,9 @@ pub struct Config {
     /// is trusted and the socket's peer address is used.
     #[arg(long, env = "TRUST_PROXY_HEADER", value_parser = header_name)]
     pub trust_proxy_header: Option<String>,
+    /// Log filter (tracing's `EnvFilter` syntax, e.g. `info` or `stranger_relay=debug`).
+    #[arg(long = "log", env = "RUST_LOG", default_value = "info", value_parser = log_filter)]
+    pub log: String,
 }
 
 impl Default for Config {
@@ -98,6 +101,7 @@ impl Default for Config {
             rematch_cooldown_secs: 10.0,
             shutdown_grace_secs: 10.0,
             trust_proxy_header: None,
+            log: "info".into(),
         }
     }
 }
@@ -218,6 +222,12 @@ fn positive_usize(s: &str) -> Result<usize, String> {
         Ok(v) if v > 0 => Ok(v),
         _ => Err("must be a whole number greater than 0".into()),
     }
+}
+
+fn log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("not a log filter: {e}"))
 }
 
 fn header_name(s: &str) -> Result<String, String> {

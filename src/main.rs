@@ -15,7 +15,7 @@ async fn main() {
     // Only this crate's `tracing` events are logged: tracing-subscriber is built without its
     // `log` bridge, so dependencies that dump frames at trace level through `log` (tungstenite)
     // cannot put a message text into the logs, whatever RUST_LOG says.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::new(&config.log);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
