@@ -424,7 +424,7 @@ mod tests {
             format!(r#"{{"type":"find","interests":["{long}"]}}"#),
             format!(
                 r#"{{"type":"find","interests":[{}]}}"#,
-                vec!["\"a\""; 11].join(",")
+                ["\"a\""; 11].join(",")
             ),
         ];
         for frame in &bad {
@@ -438,7 +438,7 @@ mod tests {
         // Ten duplicates are allowed and collapse to one.
         let ten = format!(
             r#"{{"type":"find","interests":[{}]}}"#,
-            vec!["\"A\""; 10].join(",")
+            ["\"A\""; 10].join(",")
         );
         assert_eq!(
             parse_envelope(&ten).unwrap().interests().unwrap(),
