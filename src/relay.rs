@@ -2,14 +2,16 @@
 //!
 //! Every session has a [`Peer`]: the sending end of its outbound queue and a link to its current
 //! partner. The [`Lobby`] wraps the matchmaker behind one lock, taken by control commands only
-//! (`find`, `skip`, `stop`, a close, the timer tick); while holding it, it updates both peers'
-//! links and queues the `matched`/`left`/`waiting`/`idle` frames, so each client sees its state
-//! change in the same order as the matchmaker made it.
+//! (`find`, `skip`, `stop`, a close, the timer tick), never by chat frames.
 //!
-//! A chat frame never takes that lock: the sender reads its own peer's link (a lock no other
-//! session contends for), and pushes the frame, tagged with the room it was meant for, onto the
-//! partner's queue. The partner's writer delivers it only while its client is still in that
-//! room, so a message that races with a skip is dropped rather than shown to the next stranger.
+//! Ordering without a global lock on the relay path rests on one rule: a peer's link changes
+//! only together with the control frame that tells its client (`matched` sets it, `left`,
+//! `waiting` and `idle` clear it), under that peer's link lock; a pairing holds both peers' link
+//! locks until both `matched` frames are queued. A chat frame is pushed onto the partner's queue
+//! while the sender holds its own link lock (a lock no other session contends for, except for
+//! the instant of a room change). So a `msg` either lands in the partner's queue after its
+//! `matched` and before its `waiting`/`idle`, or finds no link and is answered `bad_state`: it
+//! never reaches the partner's next stranger, and it is never accepted and then lost.
 //!
 //! Slow readers: each queue holds at most [`Peer::relay_depth`] chat frames (about 1 MiB at the
 //! largest frame size). A sender facing a full queue waits (backpressure reaches its own socket);
@@ -21,7 +23,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, TryAcquireError, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::matchmaker::{BadState, Departure, Matchmaker, Pairing, RoomId, SessionId, State};
@@ -39,42 +41,26 @@ pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(20);
 /// Longest a single socket write may take before the reader is declared stalled.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the client is told about its room by a control frame, so the writer knows which chat
-/// frames are still meant for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RoomChange {
-    /// `hello`, `error`: the room is unchanged.
-    Keep,
-    /// `matched`: the client is now in this room.
-    Enter(RoomId),
-    /// `waiting`, `left`, `idle`: the client is in no room.
-    Leave,
-}
-
 /// An item of a session's outbound queue.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A server frame about the session itself (never dropped).
-    Control {
-        frame: Utf8Bytes,
-        change: RoomChange,
-    },
-    /// The partner's `msg` or `typing`, for the client only while it is in `room`.
+    /// A server frame about the session itself (never dropped, needs no slot).
+    Control(Utf8Bytes),
+    /// The partner's `msg` or `typing`, holding one of the queue's chat slots.
     Chat {
-        room: RoomId,
         frame: Utf8Bytes,
         queued_at: Instant,
     },
-    /// Close the socket with this code and reason, then stop writing.
+    /// Close the socket with this code and reason (code 0: no close frame), then stop writing.
     Close { code: u16, reason: &'static str },
 }
 
 /// Why a chat frame was not queued.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RelayError {
-    /// The partner is gone (its session ended).
-    Gone,
-    /// The partner's queue stayed full; it has been killed.
+    /// The sender is not in a room (the partner left meanwhile): `bad_state`.
+    NotChatting,
+    /// The partner's queue stayed full; the partner has been killed.
     Stalled,
 }
 
@@ -132,9 +118,10 @@ impl Peer {
 
     /// Queues a control frame. Control frames are bounded by the session's own allowances and
     /// its room changes, so they need no slot.
-    pub fn send_control(&self, frame: &ServerFrame<'_>, change: RoomChange) {
-        let frame = Utf8Bytes::from(frame.to_json());
-        let _ = self.out.send(Outbound::Control { frame, change });
+    pub fn send_control(&self, frame: &ServerFrame<'_>) {
+        let _ = self
+            .out
+            .send(Outbound::Control(Utf8Bytes::from(frame.to_json())));
     }
 
     /// Asks the writer to close the socket.
@@ -142,32 +129,55 @@ impl Peer {
         let _ = self.out.send(Outbound::Close { code, reason });
     }
 
-    /// Queues a chat frame for this peer's client, waiting for room in the queue.
-    pub async fn relay(&self, room: RoomId, frame: Utf8Bytes) -> Result<(), RelayError> {
-        let permit = match self.chat_slots.try_acquire() {
-            Ok(permit) => permit,
-            Err(tokio::sync::TryAcquireError::Closed) => return Err(RelayError::Gone),
-            Err(tokio::sync::TryAcquireError::NoPermits) => {
-                match tokio::time::timeout(QUEUE_FULL_GRACE, self.chat_slots.acquire()).await {
-                    Ok(Ok(permit)) => permit,
-                    Ok(Err(_)) => return Err(RelayError::Gone),
-                    Err(_) => {
-                        self.kill(Kill::Stalled);
-                        return Err(RelayError::Stalled);
-                    }
+    /// Relays a chat frame to this session's partner. Fast path: a free slot in the partner's
+    /// queue, taken and filled under our link lock. Slow path: the queue is full; wait for a slot
+    /// without holding the lock, then push only if we are still in the same room.
+    pub async fn relay_to_partner(&self, frame: Utf8Bytes) -> Result<(), RelayError> {
+        let (room, partner) = {
+            let link = self.link_guard();
+            let Some(link) = link.as_ref() else {
+                return Err(RelayError::NotChatting);
+            };
+            match link.partner.chat_slots.try_acquire() {
+                Ok(permit) => {
+                    permit.forget();
+                    link.partner.push_chat(frame);
+                    return Ok(());
                 }
+                Err(TryAcquireError::Closed) => return Err(RelayError::NotChatting),
+                Err(TryAcquireError::NoPermits) => (link.room, link.partner.clone()),
             }
         };
-        // The writer gives the place back once it has written (or dropped) the frame.
-        permit.forget();
+        match tokio::time::timeout(QUEUE_FULL_GRACE, partner.chat_slots.acquire()).await {
+            Ok(Ok(permit)) => permit.forget(),
+            Ok(Err(_closed)) => return Err(RelayError::NotChatting),
+            Err(_elapsed) => {
+                partner.kill(Kill::Stalled);
+                return Err(RelayError::Stalled);
+            }
+        }
+        let link = self.link_guard();
+        match link.as_ref() {
+            Some(link) if link.room == room => {
+                link.partner.push_chat(frame);
+                Ok(())
+            }
+            _ => {
+                partner.chat_slot_freed();
+                Err(RelayError::NotChatting)
+            }
+        }
+    }
+
+    /// Pushes a chat frame whose slot the caller holds.
+    fn push_chat(&self, frame: Utf8Bytes) {
         let queued_at = Instant::now();
-        self.out
-            .send(Outbound::Chat {
-                room,
-                frame,
-                queued_at,
-            })
-            .map_err(|_| RelayError::Gone)
+        let _ = self.out.send(Outbound::Chat { frame, queued_at });
+    }
+
+    /// True while the session is in a room.
+    pub fn is_chatting(&self) -> bool {
+        self.link_guard().is_some()
     }
 
     /// Called by the writer for each chat frame it took off the queue.
@@ -209,18 +219,16 @@ impl Peer {
         }
     }
 
-    /// The current room and partner, if chatting.
-    pub fn link(&self) -> Option<Link> {
-        self.link_guard().clone()
-    }
-
     fn link_guard(&self) -> MutexGuard<'_, Option<Link>> {
         // A panic while holding this lock cannot leave a half-written Option.
         self.link.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set_link(&self, link: Option<Link>) {
-        *self.link_guard() = link;
+    /// Leaves the room (if any) and tells the client with `frame`, as one step.
+    fn unlink_and_tell(&self, frame: &ServerFrame<'_>) {
+        let mut link = self.link_guard();
+        *link = None;
+        self.send_control(frame);
     }
 }
 
@@ -266,13 +274,10 @@ impl Lobby {
         let mut inner = self.lock();
         inner.matchmaker.register(peer.id);
         let online = inner.matchmaker.sessions();
-        peer.send_control(
-            &ServerFrame::Hello {
-                version: crate::protocol::VERSION,
-                online,
-            },
-            RoomChange::Keep,
-        );
+        peer.send_control(&ServerFrame::Hello {
+            version: crate::protocol::VERSION,
+            online,
+        });
         inner.peers.insert(peer.id, peer);
         online
     }
@@ -297,7 +302,7 @@ impl Lobby {
             .matchmaker
             .find(id, interests, Instant::now())
             .map_err(|BadState| FindError::BadState)?;
-        inner.send(id, &ServerFrame::Waiting, RoomChange::Leave);
+        inner.tell(id, &ServerFrame::Waiting);
         if let Some(pairing) = pairing {
             inner.apply_pairing(&pairing, &self.metrics);
         }
@@ -308,11 +313,12 @@ impl Lobby {
     pub fn skip(&self, id: SessionId) -> Result<(), BadState> {
         let mut inner = self.lock();
         let outcome = inner.matchmaker.skip(id, Instant::now())?;
-        inner.unlink(id);
+        // The partner first: its link is cleared before our `waiting` is queued, so a frame it
+        // relays to us lands before that `waiting` or is refused with `bad_state`.
         if let Some(departure) = outcome.departure {
             inner.tell_partner_left(departure, LeftReason::Skipped);
         }
-        inner.send(id, &ServerFrame::Waiting, RoomChange::Leave);
+        inner.unlink_and_tell(id, &ServerFrame::Waiting);
         if let Some(pairing) = outcome.pairing {
             inner.apply_pairing(&pairing, &self.metrics);
         }
@@ -323,11 +329,10 @@ impl Lobby {
     pub fn stop(&self, id: SessionId) -> Result<(), BadState> {
         let mut inner = self.lock();
         let departure = inner.matchmaker.stop(id, Instant::now())?;
-        inner.unlink(id);
         if let Some(departure) = departure {
             inner.tell_partner_left(departure, LeftReason::Skipped);
         }
-        inner.send(id, &ServerFrame::Idle, RoomChange::Leave);
+        inner.unlink_and_tell(id, &ServerFrame::Idle);
         Ok(())
     }
 
@@ -336,12 +341,13 @@ impl Lobby {
     pub fn leave(&self, id: SessionId) {
         let mut inner = self.lock();
         let departure = inner.matchmaker.close(id);
-        if let Some(peer) = inner.peers.remove(&id) {
-            peer.set_link(None);
-            peer.close_queue();
-        }
         if let Some(departure) = departure {
             inner.tell_partner_left(departure, LeftReason::Disconnected);
+        }
+        if let Some(peer) = inner.peers.remove(&id) {
+            // Break the Arc cycle with the old partner; wake senders waiting for a slot.
+            *peer.link_guard() = None;
+            peer.close_queue();
         }
     }
 
@@ -375,42 +381,44 @@ pub enum FindError {
 }
 
 impl LobbyInner {
-    fn send(&self, id: SessionId, frame: &ServerFrame<'_>, change: RoomChange) {
+    /// Queues a frame that does not change the session's room.
+    fn tell(&self, id: SessionId, frame: &ServerFrame<'_>) {
         if let Some(peer) = self.peers.get(&id) {
-            peer.send_control(frame, change);
+            peer.send_control(frame);
         }
     }
 
-    fn unlink(&self, id: SessionId) {
+    fn unlink_and_tell(&self, id: SessionId, frame: &ServerFrame<'_>) {
         if let Some(peer) = self.peers.get(&id) {
-            peer.set_link(None);
+            peer.unlink_and_tell(frame);
         }
     }
 
     fn tell_partner_left(&self, departure: Departure, reason: LeftReason) {
-        if let Some(partner) = self.peers.get(&departure.partner) {
-            partner.set_link(None);
-            partner.send_control(&ServerFrame::Left { reason }, RoomChange::Leave);
-        }
+        self.unlink_and_tell(departure.partner, &ServerFrame::Left { reason });
     }
 
+    /// Links both peers and queues both `matched` frames while holding both link locks, so
+    /// neither side can relay a frame that the other would receive before its `matched`.
     fn apply_pairing(&self, pairing: &Pairing, metrics: &Metrics) {
         let (Some(a), Some(b)) = (self.peers.get(&pairing.a), self.peers.get(&pairing.b)) else {
             return; // cannot happen: the matchmaker only pairs registered sessions
         };
-        a.set_link(Some(Link {
+        let mut a_link = a.link_guard();
+        let mut b_link = b.link_guard();
+        *a_link = Some(Link {
             room: pairing.room,
             partner: b.clone(),
-        }));
-        b.set_link(Some(Link {
+        });
+        *b_link = Some(Link {
             room: pairing.room,
             partner: a.clone(),
-        }));
+        });
         let matched = ServerFrame::Matched {
             common: &pairing.common,
         };
-        a.send_control(&matched, RoomChange::Enter(pairing.room));
-        b.send_control(&matched, RoomChange::Enter(pairing.room));
+        a.send_control(&matched);
+        b.send_control(&matched);
         metrics.matches.inc();
     }
 }

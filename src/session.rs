@@ -25,10 +25,8 @@ use tracing::info;
 use crate::AppState;
 use crate::limits::{ConnectionPermit, SessionAllowance};
 use crate::matchmaker::SessionId;
-use crate::protocol::{Command, ErrorCode, Refusal, ServerFrame, parse_envelope};
-use crate::relay::{
-    FindError, Kill, MAX_QUEUE_WAIT, Outbound, Peer, RelayError, RoomChange, WRITE_TIMEOUT,
-};
+use crate::protocol::{Command, Envelope, ErrorCode, Refusal, ServerFrame, parse_envelope};
+use crate::relay::{FindError, Kill, MAX_QUEUE_WAIT, Outbound, Peer, RelayError, WRITE_TIMEOUT};
 
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -214,31 +212,32 @@ impl Reader<'_> {
         let id = self.peer.id;
         match command {
             Command::Msg | Command::Typing => {
-                let Some(link) = self.peer.link() else {
-                    return self.refuse(not_chatting());
+                // Fields are checked before the state here, to take the link lock once per
+                // frame; a field error is still reported as `bad_state` when not chatting.
+                let (frame, text_bytes) = match self.chat_frame(command, &envelope) {
+                    Ok(built) => built,
+                    Err(_) if !self.peer.is_chatting() => return self.refuse(not_chatting()),
+                    Err(refusal) => return self.refuse(refusal),
                 };
-                let frame = if command == Command::Msg {
-                    let text = match envelope.text(self.state.config.max_text_chars) {
-                        Ok(text) => text,
-                        Err(refusal) => return self.refuse(refusal),
-                    };
-                    self.state.metrics.relayed_bytes.inc_by(text.len() as u64);
-                    self.state.metrics.messages_relayed.inc();
-                    Utf8Bytes::from(ServerFrame::Msg { text: &text }.to_json())
-                } else {
-                    let active = match envelope.active() {
-                        Ok(active) => active,
-                        Err(refusal) => return self.refuse(refusal),
-                    };
-                    self.state.metrics.typing_relayed.inc();
-                    Utf8Bytes::from_static(if active { TYPING_ON } else { TYPING_OFF })
-                };
-                match link.partner.relay(link.room, frame).await {
-                    Ok(()) => self.relayed += 1,
-                    // The partner went away meanwhile: its `left` is on its way to us.
-                    Err(RelayError::Gone | RelayError::Stalled) => {}
+                match self.peer.relay_to_partner(frame).await {
+                    Ok(()) => {
+                        self.relayed += 1;
+                        let metrics = &self.state.metrics;
+                        match text_bytes {
+                            Some(bytes) => {
+                                metrics.messages_relayed.inc();
+                                metrics.relayed_bytes.inc_by(bytes);
+                            }
+                            None => {
+                                metrics.typing_relayed.inc();
+                            }
+                        }
+                        Next::Continue
+                    }
+                    Err(RelayError::NotChatting) => self.refuse(not_chatting()),
+                    // The partner is being disconnected: its `left` is on its way to us.
+                    Err(RelayError::Stalled) => Next::Continue,
                 }
-                Next::Continue
             }
             Command::Find => match lobby.find(id, || envelope.interests()) {
                 Ok(()) => Next::Continue,
@@ -265,6 +264,26 @@ impl Reader<'_> {
         }
     }
 
+    /// The frame relayed for a `msg` or `typing`, and for a `msg` its text's UTF-8 length.
+    fn chat_frame(
+        &self,
+        command: Command,
+        envelope: &Envelope<'_>,
+    ) -> Result<(Utf8Bytes, Option<u64>), Refusal> {
+        if command == Command::Msg {
+            let text = envelope.text(self.state.config.max_text_chars)?;
+            let frame = Utf8Bytes::from(ServerFrame::Msg { text: &text }.to_json());
+            Ok((frame, Some(text.len() as u64)))
+        } else {
+            let frame = if envelope.active()? {
+                TYPING_ON
+            } else {
+                TYPING_OFF
+            };
+            Ok((Utf8Bytes::from_static(frame), None))
+        }
+    }
+
     /// Answers a refused frame with `error`; `bad_request` and `rate_limited` cost a strike, and
     /// a session out of strikes is closed with 1008.
     fn refuse(&mut self, refusal: Refusal) -> Next {
@@ -278,7 +297,7 @@ impl Reader<'_> {
             code: refusal.code,
             message: refusal.message,
         };
-        self.peer.send_control(&frame, RoomChange::Keep);
+        self.peer.send_control(&frame);
         Next::Continue
     }
 }
@@ -297,7 +316,6 @@ async fn write_loop(
     peer: &Peer,
     ping_interval: Duration,
 ) {
-    let mut room = None;
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -315,23 +333,9 @@ async fn write_loop(
         };
         let message = match item {
             None => return,
-            Some(Outbound::Control { frame, change }) => {
-                match change {
-                    RoomChange::Keep => {}
-                    RoomChange::Enter(r) => room = Some(r),
-                    RoomChange::Leave => room = None,
-                }
-                Message::Text(frame)
-            }
-            Some(Outbound::Chat {
-                room: for_room,
-                frame,
-                queued_at,
-            }) => {
+            Some(Outbound::Control(frame)) => Message::Text(frame),
+            Some(Outbound::Chat { frame, queued_at }) => {
                 peer.chat_slot_freed();
-                if room != Some(for_room) {
-                    continue; // meant for a room the client has left
-                }
                 if queued_at.elapsed() > MAX_QUEUE_WAIT {
                     peer.kill(Kill::Stalled);
                     return close_stalled(&mut sink, Kill::Stalled).await;
