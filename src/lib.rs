@@ -8,12 +8,14 @@
 //! - [`session`]: the task of one WebSocket connection;
 //! - [`limits`]: rate limits, connection caps, the client address;
 //! - [`routes`]: the HTTP surface and the WebSocket upgrade;
+//! - [`assets`]: the embedded page and the security headers;
 //! - [`metrics`], [`config`].
 //!
 //! [`serve`] runs the server on a listener the caller bound, so tests run the real thing on
 //! port 0.
 #![forbid(unsafe_code)]
 
+pub mod assets;
 pub mod config;
 pub mod limits;
 pub mod matchmaker;

@@ -23,6 +23,7 @@ use warp::Filter;
 use warp::reply::{Reply, Response};
 
 use crate::AppState;
+use crate::assets;
 use crate::limits::client_address;
 use crate::metrics::RefusedReason;
 use crate::session::{self, Socket, close};
@@ -92,9 +93,12 @@ pub fn routes(
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 )
             });
-    let page = warp::path::end()
-        .and(warp::get())
-        .map(|| warp::reply::html(PLACEHOLDER_PAGE));
+    let page = warp::get()
+        .and(warp::path::tail())
+        .and(warp::header::optional::<String>("if-none-match"))
+        .and_then(|tail: warp::path::Tail, etags: Option<String>| async move {
+            assets::serve(tail.as_str(), etags.as_deref()).ok_or_else(warp::reject::not_found)
+        });
     ws.map(Reply::into_response)
         .or(healthz.map(Reply::into_response))
         .unify()
@@ -102,7 +106,7 @@ pub fn routes(
         .unify()
         .or(metrics.map(Reply::into_response))
         .unify()
-        .or(page.map(Reply::into_response))
+        .or(page)
         .unify()
         .recover(|rejection: warp::Rejection| async move {
             let status = if rejection.is_not_found() {
@@ -118,10 +122,11 @@ pub fn routes(
             )
         })
         .unify()
+        .map(|mut response: Response| {
+            assets::add_security_headers(&mut response);
+            response
+        })
 }
-
-const PLACEHOLDER_PAGE: &str = "<!doctype html><meta charset=utf-8><title>stranger-relay</title>\
-<h1>stranger-relay</h1><p>The chat page is coming. The WebSocket is at <code>/ws</code>.</p>";
 
 fn plain(status: StatusCode, text: &'static str) -> Response {
     warp::reply::with_status(text, status).into_response()
