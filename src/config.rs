@@ -4,7 +4,6 @@
 //! Parsing is clap's job; this module only adds the checks clap cannot express (a rate must be a
 //! positive number) and turns a bad value into the one-line error PROTOCOL.md asks for.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use clap::Parser;
@@ -19,9 +18,9 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
     about = "Anonymous one-to-one chat relay"
 )]
 pub struct Config {
-    /// Address to listen on.
-    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
-    pub host: IpAddr,
+    /// Address to listen on: an IP address or a host name such as `localhost`.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0", value_parser = host)]
+    pub host: String,
     /// Port to listen on.
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
@@ -31,26 +30,26 @@ pub struct Config {
     /// Longest `msg` text, in Unicode scalar values.
     #[arg(long, env = "MAX_TEXT_CHARS", default_value_t = 2000, value_parser = positive_usize)]
     pub max_text_chars: usize,
-    /// Per-session allowance for `msg` and `typing`, per second.
-    #[arg(long, env = "MSG_RATE", default_value_t = 5.0, value_parser = positive_f64)]
+    /// Per-session allowance for `msg` and `typing`, per second (0: the burst is never refilled).
+    #[arg(long, env = "MSG_RATE", default_value_t = 5.0, value_parser = rate)]
     pub msg_rate: f64,
     /// Burst size of the `msg`/`typing` allowance.
     #[arg(long, env = "MSG_BURST", default_value_t = 20, value_parser = positive_u32)]
     pub msg_burst: u32,
-    /// Per-session allowance for `find`, `skip` and `stop`, per second.
-    #[arg(long, env = "CONTROL_RATE", default_value_t = 1.0, value_parser = positive_f64)]
+    /// Per-session allowance for `find`, `skip` and `stop`, per second (0: never refilled).
+    #[arg(long, env = "CONTROL_RATE", default_value_t = 1.0, value_parser = rate)]
     pub control_rate: f64,
     /// Burst size of the control allowance.
     #[arg(long, env = "CONTROL_BURST", default_value_t = 5, value_parser = positive_u32)]
     pub control_burst: u32,
-    /// New WebSocket connections per client address, per minute.
-    #[arg(long, env = "CONN_RATE_PER_MIN", default_value_t = 20.0, value_parser = positive_f64)]
+    /// New WebSocket connections per client address, per minute (0: never refilled).
+    #[arg(long, env = "CONN_RATE_PER_MIN", default_value_t = 20.0, value_parser = rate)]
     pub conn_rate_per_min: f64,
     /// Burst size of the per-address connection allowance.
     #[arg(long, env = "CONN_BURST", default_value_t = 20, value_parser = positive_u32)]
     pub conn_burst: u32,
-    /// Open WebSocket connections per client address.
-    #[arg(long, env = "MAX_CONNS_PER_IP", default_value_t = 20, value_parser = positive_usize)]
+    /// Open WebSocket connections per client address; 0 means no limit.
+    #[arg(long, env = "MAX_CONNS_PER_IP", default_value_t = 20)]
     pub max_conns_per_ip: usize,
     /// Open WebSocket connections in all; 0 means no limit.
     #[arg(long, env = "MAX_CONNS", default_value_t = 0)]
@@ -83,7 +82,7 @@ impl Default for Config {
     /// The embedded defaults, ignoring the environment.
     fn default() -> Self {
         Config {
-            host: IpAddr::from([0, 0, 0, 0]),
+            host: "0.0.0.0".into(),
             port: 8080,
             max_frame_bytes: 16384,
             max_text_chars: 2000,
@@ -201,6 +200,15 @@ fn positive_f64(s: &str) -> Result<f64, String> {
     }
 }
 
+fn rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| "not a number".to_string())?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err("must be a rate of 0 or more".into())
+    }
+}
+
 fn non_negative_f64(s: &str) -> Result<f64, String> {
     let v: f64 = s.trim().parse().map_err(|_| "not a number".to_string())?;
     if v.is_finite() && v >= 0.0 {
@@ -224,7 +232,22 @@ fn positive_usize(s: &str) -> Result<usize, String> {
     }
 }
 
+fn host(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let name_like = !s.is_empty()
+        && s.split('.').all(|label| {
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if s.parse::<std::net::IpAddr>().is_ok() || name_like {
+        Ok(s.to_string())
+    } else {
+        Err("must be an IP address or a host name".into())
+    }
+}
+
 fn log_filter(s: &str) -> Result<String, String> {
+    // An empty RUST_LOG means the default, as most Rust programs read it.
+    let s = if s.trim().is_empty() { "info" } else { s };
     tracing_subscriber::EnvFilter::try_new(s)
         .map(|_| s.to_string())
         .map_err(|e| format!("not a log filter: {e}"))

@@ -22,10 +22,17 @@ pub const STRIKE_BURST: u32 = 20;
 /// Strikes given back per second.
 pub const STRIKE_REFILL_PER_SEC: f64 = 1.0;
 
-/// A quota of `per_second` with bursts of `burst` (`per_second` > 0, validated by the config).
+/// A quota of `per_second` with bursts of `burst`. A rate of 0 (or one so small that it would
+/// overflow governor's nanosecond arithmetic) never refills: bursts only.
 pub fn quota(per_second: f64, burst: u32) -> Quota {
-    let period = Duration::from_secs_f64(1.0 / per_second).max(Duration::from_nanos(1));
     let burst = NonZeroU32::new(burst.max(1)).expect("at least 1");
+    let never = Duration::from_nanos(u64::MAX / 4 / u64::from(burst.get()));
+    let period = if per_second > 0.0 {
+        Duration::from_secs_f64((1.0 / per_second).min(never.as_secs_f64()))
+    } else {
+        never
+    };
+    let period = period.max(Duration::from_nanos(1));
     Quota::with_period(period)
         .expect("period is non-zero")
         .allow_burst(burst)
@@ -70,6 +77,7 @@ pub struct ConnectionLimits {
     rate: DefaultKeyedRateLimiter<IpAddr>,
     per_address: DashMap<IpAddr, usize>,
     open: AtomicUsize,
+    /// 0: no limit.
     max_per_address: usize,
     /// 0: no limit.
     max_total: usize,
@@ -103,7 +111,7 @@ impl ConnectionLimits {
         }
         let refusal = {
             let mut count = self.per_address.entry(address).or_insert(0);
-            if *count >= self.max_per_address {
+            if self.max_per_address != 0 && *count >= self.max_per_address {
                 Some(RefusedReason::AddressLimit)
             } else if self.rate.check_key(&address).is_err() {
                 Some(RefusedReason::RateLimit)
@@ -198,6 +206,26 @@ mod tests {
         // Burst of 3 used: the next is over the rate even with a free place.
         drop(_c);
         assert_eq!(limits.admit(ip).unwrap_err(), RefusedReason::RateLimit);
+    }
+
+    #[test]
+    fn zero_rate_is_bursts_only_and_zero_cap_is_no_cap() {
+        let config = Config {
+            conn_rate_per_min: 0.0,
+            conn_burst: 2,
+            max_conns_per_ip: 0,
+            ..Config::default()
+        };
+        let limits = Arc::new(ConnectionLimits::new(&config));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let _a = limits.admit(ip).unwrap();
+        let _b = limits.admit(ip).unwrap();
+        assert_eq!(limits.admit(ip).unwrap_err(), RefusedReason::RateLimit);
+        // Huge bursts with a zero rate do not overflow.
+        let limiter = RateLimiter::direct(quota(0.0, u32::MAX));
+        assert!(limiter.check().is_ok());
+        let limiter = RateLimiter::direct(quota(1e-300, 100_000));
+        assert!(limiter.check().is_ok());
     }
 
     #[test]

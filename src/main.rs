@@ -3,7 +3,6 @@
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 
 use stranger_relay::{Config, serve};
 use tokio::net::TcpListener;
@@ -22,16 +21,19 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
 
-    let address = SocketAddr::new(config.host, config.port);
-    let listener = match TcpListener::bind(address).await {
+    let listener = match TcpListener::bind((config.host.as_str(), config.port)).await {
         Ok(listener) => listener,
         Err(err) => {
-            eprintln!("stranger-relay: cannot listen on {address}: {err}");
+            eprintln!(
+                "stranger-relay: cannot listen on {}:{}: {err}",
+                config.host, config.port
+            );
             std::process::exit(1);
         }
     };
-    let bound = listener.local_addr().map_or(address, |a| a);
-    tracing::info!(address = %bound, "listening");
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "listening");
+    }
     if let Err(err) = serve(listener, config, shutdown_signal()).await {
         eprintln!("stranger-relay: {err}");
         std::process::exit(1);

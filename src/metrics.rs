@@ -1,20 +1,18 @@
-//! The `/metrics` families of PROTOCOL.md, kept with `prometheus-client`.
+//! The `/metrics` families of PROTOCOL.md, in the Prometheus text format (version 0.0.4), kept
+//! with the `prometheus` crate.
 //!
 //! Counters are plain atomics, cheap enough for the relay path. Labelled counters are resolved
 //! once at start-up (every label value PROTOCOL.md names exists from the first scrape, at 0), so
 //! nothing on the hot path looks a label up. Gauges are read at scrape time from the lobby and
 //! `/proc`, since they are state, not events.
 
-use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 use crate::protocol::ErrorCode;
 use crate::relay::Stats;
 
-type Labels = Vec<(&'static str, &'static str)>;
+/// The `Content-Type` of `/metrics`.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Why an upgrade was refused (`relay_connections_refused_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +42,7 @@ impl RefusedReason {
 
 /// Close codes counted in `relay_closes_total{code}`; 1006 stands for a socket that ended
 /// without a close frame.
-const CLOSE_CODES: [u16; 9] = [1000, 1001, 1003, 1005, 1006, 1008, 1009, 1012, 1013];
+const CLOSE_CODES: [u16; 10] = [1000, 1001, 1003, 1005, 1006, 1007, 1008, 1009, 1012, 1013];
 const ERROR_CODES: [ErrorCode; 4] = [
     ErrorCode::BadRequest,
     ErrorCode::BadState,
@@ -56,21 +54,21 @@ const ERROR_CODES: [ErrorCode; 4] = [
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    pub connections: Counter,
-    refused: Family<Labels, Counter>,
-    pub matches: Counter,
-    pub messages_relayed: Counter,
-    pub relayed_bytes: Counter,
-    pub typing_relayed: Counter,
-    errors: [Counter; 4],
+    pub connections: IntCounter,
+    refused: [IntCounter; 4],
+    pub matches: IntCounter,
+    pub messages_relayed: IntCounter,
+    pub relayed_bytes: IntCounter,
+    pub typing_relayed: IntCounter,
+    errors: [IntCounter; 4],
     /// `relay_rate_limited_total{bucket="msg"}` and `{bucket="control"}`.
-    pub rate_limited_msg: Counter,
-    pub rate_limited_control: Counter,
-    closes: Family<Labels, Counter>,
-    online: Gauge,
-    waiting: Gauge,
-    rooms: Gauge,
-    resident_memory: Gauge,
+    pub rate_limited_msg: IntCounter,
+    pub rate_limited_control: IntCounter,
+    closes: IntCounterVec,
+    online: IntGauge,
+    waiting: IntGauge,
+    rooms: IntGauge,
+    resident_memory: IntGauge,
 }
 
 impl Default for Metrics {
@@ -81,84 +79,60 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::default();
-        let connections = Counter::default();
-        registry.register(
-            "relay_connections",
-            "Sessions accepted",
-            connections.clone(),
-        );
-        let refused = Family::<Labels, Counter>::default();
-        registry.register(
-            "relay_connections_refused",
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric name");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let family = |name: &str, help: &str, label: &str| {
+            let v = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric name");
+            registry
+                .register(Box::new(v.clone()))
+                .expect("registered once");
+            v
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric name");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+        let connections = counter("relay_connections_total", "Sessions accepted");
+        let refused_family = family(
+            "relay_connections_refused_total",
             "WebSocket upgrades refused, by reason",
-            refused.clone(),
+            "reason",
         );
-        for reason in RefusedReason::ALL {
-            let _ = refused.get_or_create(&vec![("reason", reason.as_str())]);
-        }
-        let matches = Counter::default();
-        registry.register("relay_matches", "Rooms made", matches.clone());
-        let messages_relayed = Counter::default();
-        registry.register(
-            "relay_messages_relayed",
-            "msg frames relayed",
-            messages_relayed.clone(),
-        );
-        let relayed_bytes = Counter::default();
-        registry.register(
-            "relay_relayed_bytes",
+        let refused = RefusedReason::ALL.map(|r| refused_family.with_label_values(&[r.as_str()]));
+        let matches = counter("relay_matches_total", "Rooms made");
+        let messages_relayed = counter("relay_messages_relayed_total", "msg frames relayed");
+        let relayed_bytes = counter(
+            "relay_relayed_bytes_total",
             "UTF-8 bytes of relayed msg texts",
-            relayed_bytes.clone(),
         );
-        let typing_relayed = Counter::default();
-        registry.register(
-            "relay_typing_relayed",
-            "typing frames relayed",
-            typing_relayed.clone(),
-        );
-        let error_family = Family::<Labels, Counter>::default();
-        registry.register(
-            "relay_errors",
-            "error frames sent, by code",
-            error_family.clone(),
-        );
-        let errors = ERROR_CODES.map(|code| {
-            error_family
-                .get_or_create(&vec![("code", code.as_str())])
-                .clone()
-        });
-        let limited = Family::<Labels, Counter>::default();
-        registry.register(
-            "relay_rate_limited",
+        let typing_relayed = counter("relay_typing_relayed_total", "typing frames relayed");
+        let error_family = family("relay_errors_total", "error frames sent, by code", "code");
+        let errors = ERROR_CODES.map(|code| error_family.with_label_values(&[code.as_str()]));
+        let limited = family(
+            "relay_rate_limited_total",
             "Frames refused as rate_limited, by allowance",
-            limited.clone(),
+            "bucket",
         );
-        let rate_limited_msg = limited.get_or_create(&vec![("bucket", "msg")]).clone();
-        let rate_limited_control = limited.get_or_create(&vec![("bucket", "control")]).clone();
-        let closes = Family::<Labels, Counter>::default();
-        registry.register(
-            "relay_closes",
-            "Sessions ended, by close code",
-            closes.clone(),
+        let rate_limited_msg = limited.with_label_values(&["msg"]);
+        let rate_limited_control = limited.with_label_values(&["control"]);
+        let closes = family(
+            "relay_closes_total",
+            "Sockets closed, by close code",
+            "code",
         );
         for code in CLOSE_CODES {
-            let _ = closes.get_or_create(&vec![("code", close_label(code))]);
+            closes.with_label_values(&[close_label(code)]);
         }
-        let online = Gauge::default();
-        registry.register("relay_online", "Open sessions", online.clone());
-        let waiting = Gauge::default();
-        registry.register("relay_waiting", "Sessions in the queue", waiting.clone());
-        let rooms = Gauge::default();
-        registry.register("relay_rooms", "Rooms of two", rooms.clone());
-        let resident_memory = Gauge::default();
-        registry.register(
-            "process_resident_memory_bytes",
-            "Resident memory of the server process",
-            resident_memory.clone(),
-        );
         Metrics {
-            registry,
             connections,
             refused,
             matches,
@@ -169,17 +143,23 @@ impl Metrics {
             rate_limited_msg,
             rate_limited_control,
             closes,
-            online,
-            waiting,
-            rooms,
-            resident_memory,
+            online: gauge("relay_online", "Open sessions"),
+            waiting: gauge("relay_waiting", "Sessions in the queue"),
+            rooms: gauge("relay_rooms", "Rooms of two"),
+            resident_memory: gauge(
+                "process_resident_memory_bytes",
+                "Resident memory of the server process in bytes",
+            ),
+            registry,
         }
     }
 
     pub fn refused(&self, reason: RefusedReason) {
-        self.refused
-            .get_or_create(&vec![("reason", reason.as_str())])
-            .inc();
+        let index = RefusedReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("listed");
+        self.refused[index].inc();
     }
 
     pub fn error(&self, code: ErrorCode) {
@@ -191,9 +171,7 @@ impl Metrics {
     }
 
     pub fn closed(&self, code: u16) {
-        self.closes
-            .get_or_create(&vec![("code", close_label(code))])
-            .inc();
+        self.closes.with_label_values(&[close_label(code)]).inc();
     }
 
     /// The exposition text, with the gauges read now.
@@ -203,9 +181,11 @@ impl Metrics {
         self.rooms.set(stats.rooms as i64);
         self.resident_memory
             .set(resident_memory_bytes().unwrap_or(0) as i64);
-        let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to memory cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
     }
 }
 
@@ -216,6 +196,7 @@ fn close_label(code: u16) -> &'static str {
         1003 => "1003",
         1005 => "1005",
         1006 => "1006",
+        1007 => "1007",
         1008 => "1008",
         1009 => "1009",
         1012 => "1012",
@@ -247,6 +228,11 @@ mod tests {
             waiting: 1,
             rooms: 1,
         });
+        assert!(
+            text.contains("# TYPE relay_connections_total counter"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "Prometheus text, not OpenMetrics");
         for needle in [
             "relay_connections_total 0",
             "relay_connections_refused_total{reason=\"rate_limit\"} 1",

@@ -199,14 +199,10 @@ pub fn normalize_interests<'s>(
 }
 
 fn normalize_interest(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for word in raw.split(char::is_whitespace).filter(|w| !w.is_empty()) {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.extend(word.chars().flat_map(char::to_lowercase));
-    }
-    out
+    let collapsed: Vec<&str> = raw.split_whitespace().collect();
+    // `str::to_lowercase` rather than char by char: it knows the final sigma ("ΟΔΟΣ" → "οδος"),
+    // as JavaScript's and Python's lower-casing do.
+    collapsed.join(" ").to_lowercase()
 }
 
 /// True when a JSON text holds a `\uD800`–`\uDFFF` escape that is not half of a proper pair.
@@ -411,6 +407,15 @@ mod tests {
                     .is_empty()
             );
         }
+    }
+
+    #[test]
+    fn interests_lower_case_like_other_languages() {
+        assert_eq!(normalize_interest("ΟΔΟΣ"), "οδος");
+        assert_eq!(
+            normalize_interest("\u{a0}Straße\u{3000}CAFÉ\n"),
+            "straße café"
+        );
     }
 
     #[test]

@@ -337,12 +337,16 @@ impl Lobby {
     }
 
     /// The socket closed: out of the queue or the room at once, the partner told
-    /// `left disconnected`.
-    pub fn leave(&self, id: SessionId) {
+    /// `left disconnected` (unless `tell_partner` is false: in a shutdown everyone gets 1012).
+    pub fn leave(&self, id: SessionId, tell_partner: bool) {
         let mut inner = self.lock();
         let departure = inner.matchmaker.close(id);
         if let Some(departure) = departure {
-            inner.tell_partner_left(departure, LeftReason::Disconnected);
+            if tell_partner {
+                inner.tell_partner_left(departure, LeftReason::Disconnected);
+            } else if let Some(partner) = inner.peers.get(&departure.partner) {
+                *partner.link_guard() = None;
+            }
         }
         if let Some(peer) = inner.peers.remove(&id) {
             // Break the Arc cycle with the old partner; wake senders waiting for a slot.

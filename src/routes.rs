@@ -73,27 +73,24 @@ pub fn routes(
                 upgrade_websocket(&headers, upgrade, peer.0, state)
             },
         );
-    let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok");
+    // Every route but /ws answers HEAD like GET (hyper leaves the body out).
+    let get_or_head = || warp::get().or(warp::head()).unify();
+    let healthz = warp::path!("healthz").and(get_or_head()).map(|| "ok");
     let stats = warp::path!("api" / "stats")
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_state.clone())
         .map(|state: Arc<AppState>| {
             let reply = warp::reply::json(&state.lobby.stats());
             warp::reply::with_header(reply, header::CACHE_CONTROL, "no-store")
         });
-    let metrics =
-        warp::path!("metrics")
-            .and(warp::get())
-            .and(with_state)
-            .map(|state: Arc<AppState>| {
-                let body = state.metrics.render(state.lobby.stats());
-                warp::reply::with_header(
-                    body,
-                    header::CONTENT_TYPE,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                )
-            });
-    let page = warp::get()
+    let metrics = warp::path!("metrics")
+        .and(get_or_head())
+        .and(with_state)
+        .map(|state: Arc<AppState>| {
+            let body = state.metrics.render(state.lobby.stats());
+            warp::reply::with_header(body, header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
+        });
+    let page = get_or_head()
         .and(warp::path::tail())
         .and(warp::header::optional::<String>("if-none-match"))
         .and_then(|tail: warp::path::Tail, etags: Option<String>| async move {
@@ -117,9 +114,12 @@ pub fn routes(
                 StatusCode::BAD_REQUEST
             };
             let text = status.canonical_reason().unwrap_or("error");
-            Ok::<_, std::convert::Infallible>(
-                warp::reply::with_status(text, status).into_response(),
-            )
+            let mut response = warp::reply::with_status(text, status).into_response();
+            if status == StatusCode::METHOD_NOT_ALLOWED {
+                let allow = header::HeaderValue::from_static("GET, HEAD");
+                response.headers_mut().insert(header::ALLOW, allow);
+            }
+            Ok::<_, std::convert::Infallible>(response)
         })
         .unify()
         .map(|mut response: Response| {
@@ -161,7 +161,16 @@ fn upgrade_websocket(
         .map(|v| v.as_bytes())
         != Some(b"13")
     {
-        return plain(StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13");
+        // RFC 6455 4.4: say which version we speak.
+        let mut response = plain(
+            StatusCode::UPGRADE_REQUIRED,
+            "Sec-WebSocket-Version must be 13",
+        );
+        let version = header::HeaderValue::from_static("13");
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_VERSION, version);
+        return response;
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
@@ -199,7 +208,7 @@ fn upgrade_websocket(
             Err(reason) => {
                 task_state.metrics.refused(reason);
                 info!(reason = reason.as_str(), "connection refused");
-                refuse(socket, reason).await;
+                refuse(socket, reason, &task_state).await;
             }
         }
     });
@@ -233,7 +242,7 @@ pub fn websocket_config(max_frame_bytes: usize) -> WebSocketConfig {
 }
 
 /// Completes a refused upgrade with a close frame whose code and reason the page can show.
-async fn refuse(mut socket: Socket, reason: RefusedReason) {
+async fn refuse(mut socket: Socket, reason: RefusedReason, state: &AppState) {
     let (code, text) = match reason {
         RefusedReason::ShuttingDown => (close::RESTARTING, "the server is restarting"),
         RefusedReason::AddressLimit => (close::AT_LIMIT, "too many connections from your address"),
@@ -243,6 +252,7 @@ async fn refuse(mut socket: Socket, reason: RefusedReason) {
         ),
         RefusedReason::ServerLimit => (close::AT_LIMIT, "the server is full"),
     };
+    state.metrics.closed(code);
     let frame = CloseFrame {
         code: CloseCode::from(code),
         reason: text.into(),

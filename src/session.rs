@@ -14,6 +14,7 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -40,6 +41,7 @@ const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 pub mod close {
     pub const IDLE: u16 = 1001;
     pub const BINARY: u16 = 1003;
+    pub const INVALID_TEXT: u16 = 1007;
     pub const ABUSE: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const RESTARTING: u16 = 1012;
@@ -88,10 +90,15 @@ pub async fn run(socket: Socket, state: Arc<AppState>, permit: ConnectionPermit)
         relayed: 0,
     };
     let writer = write_loop(sink, outbound, &peer, state.config.ping_interval());
-    let ((ending, frames_in, relayed), ()) = tokio::join!(reader.run(stream), writer);
+    let ((ending, stream, frames_in, relayed), sink) = tokio::join!(reader.run(stream), writer);
 
     state.metrics.closed(ending.code);
+    // The session is over; what remains is the socket's goodbye, which need not hold a place
+    // under the connection limits.
     drop(permit);
+    if let Ok(socket) = stream.reunite(sink) {
+        linger(socket).await;
+    }
     info!(
         session = %format_args!("{id:016x}"),
         close_code = ending.code,
@@ -117,17 +124,18 @@ enum Next {
 }
 
 impl Reader<'_> {
-    async fn run(&mut self, mut stream: SplitStream<Socket>) -> (Ending, u64, u64) {
+    async fn run(
+        &mut self,
+        mut stream: SplitStream<Socket>,
+    ) -> (Ending, SplitStream<Socket>, u64, u64) {
         let ending = self.read_until_end(&mut stream).await;
         // Out of the room or queue first: the partner must not wait for our close handshake.
-        self.state.lobby.leave(self.peer.id);
+        // In a shutdown every socket is closed with 1012, so partners are not told `left` too.
+        let tell_partner = ending.code != close::RESTARTING;
+        self.state.lobby.leave(self.peer.id, tell_partner);
         let (code, reason) = ending.send.unwrap_or((0, ""));
         self.peer.send_close(code, reason);
-        // Read on until the close handshake ends: the client's answer to our close frame, or
-        // (after the client's close) tungstenite flushing its answer on this next read.
-        let drain = async { while let Some(Ok(_)) = stream.next().await {} };
-        let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
-        (ending, self.frames_in, self.relayed)
+        (ending, stream, self.frames_in, self.relayed)
     }
 
     async fn read_until_end(&mut self, stream: &mut SplitStream<Socket>) -> Ending {
@@ -175,6 +183,10 @@ impl Reader<'_> {
                 Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                     Next::Close(Ending::server(close::TOO_BIG, "message too big"))
                 }
+                Some(Err(WsError::Utf8(_))) => Next::Close(Ending::server(
+                    close::INVALID_TEXT,
+                    "text frames must be UTF-8",
+                )),
                 Some(Err(_)) | None => Next::Close(Ending::client(1006)),
             };
             if let Next::Close(ending) = next {
@@ -309,9 +321,20 @@ fn not_chatting() -> Refusal {
     )
 }
 
-/// Drains the outbound queue into the socket until a `Close` item, sending pings meanwhile.
+/// Drains the outbound queue into the socket until a `Close` item, sending pings meanwhile;
+/// gives the sink back for the lingering close.
 async fn write_loop(
     mut sink: SplitSink<Socket, Message>,
+    queue: mpsc::UnboundedReceiver<Outbound>,
+    peer: &Peer,
+    ping_interval: Duration,
+) -> SplitSink<Socket, Message> {
+    write_until_close(&mut sink, queue, peer, ping_interval).await;
+    sink
+}
+
+async fn write_until_close(
+    sink: &mut SplitSink<Socket, Message>,
     mut queue: mpsc::UnboundedReceiver<Outbound>,
     peer: &Peer,
     ping_interval: Duration,
@@ -322,11 +345,11 @@ async fn write_loop(
     loop {
         let item = tokio::select! {
             biased;
-            why = peer.killed() => return close_stalled(&mut sink, why).await,
+            why = peer.killed() => return close_stalled(sink, why).await,
             item = queue.recv() => item,
             _ = ping.tick() => {
-                if let Err(why) = write(&mut sink, peer, Message::Ping(Default::default())).await {
-                    return close_stalled(&mut sink, why).await;
+                if let Err(why) = write(sink, peer, Message::Ping(Default::default())).await {
+                    return close_stalled(sink, why).await;
                 }
                 continue;
             }
@@ -338,7 +361,7 @@ async fn write_loop(
                 peer.chat_slot_freed();
                 if queued_at.elapsed() > MAX_QUEUE_WAIT {
                     peer.kill(Kill::Stalled);
-                    return close_stalled(&mut sink, Kill::Stalled).await;
+                    return close_stalled(sink, Kill::Stalled).await;
                 }
                 Message::Text(frame)
             }
@@ -354,10 +377,27 @@ async fn write_loop(
                 return;
             }
         };
-        if let Err(why) = write(&mut sink, peer, message).await {
-            return close_stalled(&mut sink, why).await;
+        if let Err(why) = write(sink, peer, message).await {
+            return close_stalled(sink, why).await;
         }
     }
+}
+
+/// Ends the socket politely: lets tungstenite finish the close handshake (read the client's
+/// answer to our close frame, or flush our answer to its close), then sends FIN and discards
+/// whatever the client still sends until it closes too. Closing with unread bytes in the
+/// kernel (say, the rest of an oversized frame) would send a reset, which can destroy the close
+/// frame before the client reads it.
+async fn linger(mut socket: Socket) {
+    let goodbye = async {
+        while let Some(Ok(_)) = socket.next().await {}
+        let io = socket.get_mut();
+        if io.shutdown().await.is_ok() {
+            let mut scratch = [0u8; 1024];
+            while matches!(io.read(&mut scratch).await, Ok(n) if n > 0) {}
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, goodbye).await;
 }
 
 /// Writes one message. A write that fails or stalls kills the peer, so the reader ends too.

@@ -825,3 +825,86 @@ async fn without_the_setting_the_header_is_ignored() {
     .await;
     c.expect("hello").await;
 }
+
+#[tokio::test]
+async fn invalid_utf8_in_a_text_frame_closes_1007() {
+    let server = TestServer::start_default().await;
+    let (mut a, mut b) = pair(&server).await;
+    let frame = Frame::message(vec![b'"', 0xff, 0xfe, b'"'], OpCode::Data(Data::Text), true);
+    a.ws.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(a.closed(WAIT).await.code(), Some(1007));
+    assert_eq!(b.expect("left").await["reason"], "disconnected");
+}
+
+/// The close frame must survive a client that is still sending: the server reads and discards
+/// the rest instead of resetting the connection (a reset can destroy unread data, the close
+/// frame included, at the client).
+#[tokio::test]
+async fn close_1009_reaches_a_client_that_has_not_read_yet() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_default().await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let handshake = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    tcp.write_all(handshake.as_bytes()).await.unwrap();
+    // One masked text frame of 200 000 bytes, far over the 16 KiB limit, written at once.
+    let len: u64 = 200_000;
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    frame.extend(std::iter::repeat_n(b'a' ^ 1, len as usize));
+    let _ = tcp.write_all(&frame).await;
+    // Read nothing for a while: a reset sent meanwhile would wipe the unread close frame.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .expect("server ends")
+        {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("connection reset instead of a clean close: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&received);
+    let body = &received[text.find("\r\n\r\n").expect("101 response") + 4..];
+    // Skip the `hello` text frame, then expect a close frame with 1009.
+    let close_at = body.iter().position(|&b| b == 0x88).expect("a close frame");
+    assert_eq!(
+        u16::from_be_bytes([body[close_at + 2], body[close_at + 3]]),
+        1009
+    );
+}
+
+#[tokio::test]
+async fn refused_connections_count_their_close_code() {
+    let server = TestServer::start(Config {
+        max_conns: 1,
+        ..test_config()
+    })
+    .await;
+    let _first = server.client().await;
+    let before = metric(&server.metrics().await, "relay_closes_total{code=\"1013\"}");
+    let mut refused = server.connect().await;
+    assert_eq!(refused.closed(WAIT).await.code(), Some(1013));
+    let after = metric(&server.metrics().await, "relay_closes_total{code=\"1013\"}");
+    assert_eq!(after, before + 1.0);
+}
+
+#[tokio::test]
+async fn unsupported_websocket_version_gets_426_naming_13() {
+    let server = TestServer::start_default().await;
+    let headers = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "8"),
+    ];
+    let (status, _) = http_get(server.addr, "/ws", &headers).await;
+    assert_eq!(status, 426);
+}

@@ -939,3 +939,196 @@ async fn binary_without_settings_serves_the_defaults() {
     );
     assert_eq!(b.expect("left").await["reason"], "disconnected");
 }
+
+/// A raw GET: status line, headers (lower-cased names) and body.
+async fn get_with_headers(
+    addr: std::net::SocketAddr,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in extra {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn page_assets_are_served_with_security_headers_and_revalidation() {
+    let server = TestServer::start_default().await;
+    let (status, headers, body) = get_with_headers(server.addr, "/", &[]).await;
+    assert_eq!(status, 200);
+    assert!(
+        header(&headers, "content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(
+        body.contains("<script type=\"module\""),
+        "the page loads its module: {body}"
+    );
+    let csp = header(&headers, "content-security-policy").expect("CSP");
+    let script_src = csp
+        .split(';')
+        .find(|d| d.trim().starts_with("script-src"))
+        .unwrap();
+    assert!(!script_src.contains("unsafe-inline"), "{csp}");
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    assert_eq!(header(&headers, "x-content-type-options"), Some("nosniff"));
+    assert_eq!(header(&headers, "referrer-policy"), Some("no-referrer"));
+    assert_eq!(header(&headers, "cache-control"), Some("no-cache"));
+
+    // Revalidation: the same ETag gives 304 with no body.
+    let etag = header(&headers, "etag").expect("etag").to_string();
+    let (status, _, body) = get_with_headers(server.addr, "/", &[("If-None-Match", &etag)]).await;
+    assert_eq!((status, body.as_str()), (304, ""));
+
+    // Modules and styles have their types; other routes carry the headers too.
+    let (status, headers, _) = get_with_headers(server.addr, "/app.js", &[]).await;
+    assert_eq!(status, 200);
+    assert!(
+        header(&headers, "content-type")
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    let (status, headers, _) = get_with_headers(server.addr, "/style.css", &[]).await;
+    assert_eq!(status, 200);
+    assert!(
+        header(&headers, "content-type")
+            .unwrap()
+            .starts_with("text/css")
+    );
+    let (_, headers, _) = get_with_headers(server.addr, "/healthz", &[]).await;
+    assert_eq!(header(&headers, "x-content-type-options"), Some("nosniff"));
+
+    for missing in ["/nope.js", "/../Cargo.toml", "/%2e%2e/Cargo.toml"] {
+        let (status, _, _) = get_with_headers(server.addr, missing, &[]).await;
+        assert_eq!(status, 404, "{missing}");
+    }
+}
+
+#[tokio::test]
+async fn head_is_answered_like_get_and_other_methods_name_the_allowed_ones() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_default().await;
+    for path in ["/healthz", "/api/stats", "/metrics", "/"] {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let request = format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = String::new();
+        tcp.read_to_string(&mut raw).await.unwrap();
+        assert!(raw.starts_with("HTTP/1.1 200"), "HEAD {path}: {raw}");
+        assert!(
+            raw.ends_with("\r\n\r\n"),
+            "HEAD {path} has no body: {raw:?}"
+        );
+    }
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request =
+        "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.starts_with("HTTP/1.1 405"), "{raw}");
+    assert!(
+        raw.to_ascii_lowercase().contains("allow: get, head"),
+        "{raw}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_in_the_prometheus_text_format() {
+    let server = TestServer::start_default().await;
+    let (status, headers, body) = get_with_headers(server.addr, "/metrics", &[]).await;
+    assert_eq!(status, 200);
+    assert!(
+        header(&headers, "content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    for counter in [
+        "relay_connections_total",
+        "relay_matches_total",
+        "relay_closes_total",
+    ] {
+        assert!(
+            body.contains(&format!("# TYPE {counter} counter\n")),
+            "{body}"
+        );
+    }
+    assert!(body.contains("# TYPE relay_online gauge\n"), "{body}");
+    assert!(
+        !body.contains("# EOF"),
+        "OpenMetrics, not Prometheus text: {body}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_sends_1012_without_telling_partners_left_first() {
+    let mut server = TestServer::start_default().await;
+    let (mut a, mut b) = pair(&server).await;
+    let done = server.begin_shutdown();
+    for client in [&mut a, &mut b] {
+        match client.ws.next().await {
+            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1012),
+            other => panic!("expected the 1012 close first, got {other:?}"),
+        }
+    }
+    done.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn lenient_settings_are_accepted() {
+    // A zero rate means bursts only; a zero per-address cap means no cap; `localhost` is a
+    // host; an empty RUST_LOG means the default.
+    let (mut relay, addr) = Relay::serve(&[
+        ("HOST", "localhost"),
+        ("MSG_RATE", "0"),
+        ("MSG_BURST", "2"),
+        ("MAX_CONNS_PER_IP", "0"),
+        ("RUST_LOG", ""),
+    ])
+    .await;
+    let (mut a, mut b) = pair_from(addr, None, &[]).await;
+    for n in 0..2 {
+        a.send(json!({"type": "msg", "text": format!("m{n}")}))
+            .await;
+        b.expect("msg").await;
+    }
+    a.send(json!({"type": "msg", "text": "third"})).await;
+    a.expect_error("rate_limited").await;
+    relay.signal("TERM");
+    assert_eq!(
+        relay.wait_exit(Duration::from_secs(20)).await.code(),
+        Some(0)
+    );
+    assert!(relay.stderr().contains("listening"), "info logs by default");
+}
