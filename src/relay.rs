@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, Semaphore, TryAcquireError, mpsc};
+use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::matchmaker::{BadState, Departure, Matchmaker, Pairing, RoomId, SessionId, State};
@@ -68,7 +68,9 @@ pub enum RelayError {
 #[derive(Debug)]
 pub struct Peer {
     pub id: SessionId,
-    out: mpsc::UnboundedSender<Outbound>,
+    /// flume's unbounded queue allocates only as items arrive (tokio's allocates a block of 32
+    /// up front): an idle session's queue costs almost nothing.
+    out: flume::Sender<Outbound>,
     /// Free places for chat frames in the outbound queue.
     chat_slots: Semaphore,
     link: Mutex<Option<Link>>,
@@ -100,11 +102,8 @@ impl Peer {
         (OUTBOUND_QUEUE_BYTES / (max_frame_bytes + 64)).max(1)
     }
 
-    pub fn new(
-        id: SessionId,
-        relay_depth: usize,
-    ) -> (Arc<Peer>, mpsc::UnboundedReceiver<Outbound>) {
-        let (out, rx) = mpsc::unbounded_channel();
+    pub fn new(id: SessionId, relay_depth: usize) -> (Arc<Peer>, flume::Receiver<Outbound>) {
+        let (out, rx) = flume::unbounded();
         let peer = Peer {
             id,
             out,
@@ -148,7 +147,12 @@ impl Peer {
                 Err(TryAcquireError::NoPermits) => (link.room, link.partner.clone()),
             }
         };
-        match tokio::time::timeout(QUEUE_FULL_GRACE, partner.chat_slots.acquire()).await {
+        // Boxed: the slow path is rare, and inline its timer would widen every session's future.
+        let wait = Box::pin(tokio::time::timeout(
+            QUEUE_FULL_GRACE,
+            partner.chat_slots.acquire(),
+        ));
+        match wait.await {
             Ok(Ok(permit)) => permit.forget(),
             Ok(Err(_closed)) => return Err(RelayError::NotChatting),
             Err(_elapsed) => {

@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use futures::future::Either;
 use futures::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper::{HeaderMap, StatusCode, header};
@@ -31,7 +32,7 @@ use crate::session::{self, Socket, close};
 /// Read buffer of each socket. Chat frames are a few hundred bytes; a larger frame grows the
 /// buffer only while it is read. tungstenite's default (128 KiB, allocated up front) would
 /// make an idle session cost a hundred times more.
-pub const READ_BUFFER_BYTES: usize = 2048;
+pub const READ_BUFFER_BYTES: usize = 512;
 
 /// hyper's upgrade handle, made cloneable so a warp filter can take it out of the request.
 #[derive(Clone, Default)]
@@ -193,24 +194,26 @@ fn upgrade_websocket(
     let ws_config = websocket_config(state.config.max_frame_bytes);
     let task_state = state.clone();
     state.tasks.spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(err) => {
-                debug!("upgrade failed: {err}");
-                return;
+        // The socket's scope ends before the session is awaited, so the task does not keep a
+        // moved-out socket's worth of space for the session's whole life.
+        let next = {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(err) => {
+                    debug!("upgrade failed: {err}");
+                    return;
+                }
+            };
+            let io = TokioIo::new(upgraded);
+            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+            match admission {
+                Ok(permit) => Either::Left(session::run(socket, task_state, permit)),
+                // Boxed: a refusal is rare and short; unboxed, its future would widen every
+                // session's task.
+                Err(reason) => Either::Right(Box::pin(refuse(socket, reason, task_state))),
             }
         };
-        let socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
-        match admission {
-            Ok(permit) => session::run(socket, task_state, permit).await,
-            Err(reason) => {
-                task_state.metrics.refused(reason);
-                info!(reason = reason.as_str(), "connection refused");
-                refuse(socket, reason, &task_state).await;
-            }
-        }
+        next.await;
     });
     let mut response = Response::default();
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -242,7 +245,9 @@ pub fn websocket_config(max_frame_bytes: usize) -> WebSocketConfig {
 }
 
 /// Completes a refused upgrade with a close frame whose code and reason the page can show.
-async fn refuse(mut socket: Socket, reason: RefusedReason, state: &AppState) {
+async fn refuse(mut socket: Socket, reason: RefusedReason, state: Arc<AppState>) {
+    state.metrics.refused(reason);
+    info!(reason = reason.as_str(), "connection refused");
     let (code, text) = match reason {
         RefusedReason::ShuttingDown => (close::RESTARTING, "the server is restarting"),
         RefusedReason::AddressLimit => (close::AT_LIMIT, "too many connections from your address"),

@@ -15,7 +15,6 @@ use futures::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -73,15 +72,31 @@ impl Ending {
 }
 
 /// Runs an admitted session to its end.
-pub async fn run(socket: Socket, state: Arc<AppState>, permit: ConnectionPermit) {
+///
+/// Not an `async fn`: an async fn keeps its arguments in its future for its whole life, and the
+/// socket is a few hundred bytes; splitting it first leaves only its two small halves in the
+/// future, which every idle session pays for.
+pub fn run(
+    socket: Socket,
+    state: Arc<AppState>,
+    permit: ConnectionPermit,
+) -> impl Future<Output = ()> + Send {
+    let (sink, stream) = socket.split();
+    serve_session(sink, stream, state, permit)
+}
+
+async fn serve_session(
+    sink: SplitSink<Socket, Message>,
+    stream: SplitStream<Socket>,
+    state: Arc<AppState>,
+    permit: ConnectionPermit,
+) {
     let id: SessionId = rand::random();
     let started = Instant::now();
     let (peer, outbound) = Peer::new(id, Peer::relay_depth(state.config.max_frame_bytes));
     state.metrics.connections.inc();
     let online = state.lobby.join(peer.clone());
     info!(session = %format_args!("{id:016x}"), online, "session opened");
-
-    let (sink, stream) = socket.split();
     let mut reader = Reader {
         state: &state,
         peer: &peer,
@@ -97,7 +112,9 @@ pub async fn run(socket: Socket, state: Arc<AppState>, permit: ConnectionPermit)
     // under the connection limits.
     drop(permit);
     if let Ok(socket) = stream.reunite(sink) {
-        linger(socket).await;
+        // Boxed: it runs once, at the end, and holds a whole socket; inline, every session's
+        // future would reserve room for it all along.
+        Box::pin(linger(socket)).await;
     }
     info!(
         session = %format_args!("{id:016x}"),
@@ -325,7 +342,7 @@ fn not_chatting() -> Refusal {
 /// gives the sink back for the lingering close.
 async fn write_loop(
     mut sink: SplitSink<Socket, Message>,
-    queue: mpsc::UnboundedReceiver<Outbound>,
+    queue: flume::Receiver<Outbound>,
     peer: &Peer,
     ping_interval: Duration,
 ) -> SplitSink<Socket, Message> {
@@ -335,7 +352,7 @@ async fn write_loop(
 
 async fn write_until_close(
     sink: &mut SplitSink<Socket, Message>,
-    mut queue: mpsc::UnboundedReceiver<Outbound>,
+    queue: flume::Receiver<Outbound>,
     peer: &Peer,
     ping_interval: Duration,
 ) {
@@ -345,11 +362,11 @@ async fn write_until_close(
     loop {
         let item = tokio::select! {
             biased;
-            why = peer.killed() => return close_stalled(sink, why).await,
-            item = queue.recv() => item,
+            why = peer.killed() => return Box::pin(close_stalled(sink, why)).await,
+            item = queue.recv_async() => item.ok(),
             _ = ping.tick() => {
                 if let Err(why) = write(sink, peer, Message::Ping(Default::default())).await {
-                    return close_stalled(sink, why).await;
+                    return Box::pin(close_stalled(sink, why)).await;
                 }
                 continue;
             }
@@ -361,7 +378,7 @@ async fn write_until_close(
                 peer.chat_slot_freed();
                 if queued_at.elapsed() > MAX_QUEUE_WAIT {
                     peer.kill(Kill::Stalled);
-                    return close_stalled(sink, Kill::Stalled).await;
+                    return Box::pin(close_stalled(sink, Kill::Stalled)).await;
                 }
                 Message::Text(frame)
             }
@@ -378,7 +395,7 @@ async fn write_until_close(
             }
         };
         if let Err(why) = write(sink, peer, message).await {
-            return close_stalled(sink, why).await;
+            return Box::pin(close_stalled(sink, why)).await;
         }
     }
 }
@@ -420,7 +437,8 @@ async fn write(
 }
 
 /// The session was killed: a client that stopped reading gets a 1008 close if it can still
-/// be written; a dead socket gets nothing.
+/// be written; a dead socket gets nothing. (Callers box it: it is cold, and inline it would
+/// widen every session's future.)
 async fn close_stalled(sink: &mut SplitSink<Socket, Message>, why: Kill) {
     if why == Kill::Stalled {
         let frame = CloseFrame {
