@@ -29,6 +29,7 @@ echo "== cargo test"
 cargo test
 echo "== cargo build --release (the browser suite runs the release binary)"
 cargo build --release
+echo "== load generator smoke" && cargo bench --bench relay -- --smoke
 echo "== node --test tests/web-unit"
 node --test tests/web-unit/
 echo "== node --test tests/e2e"

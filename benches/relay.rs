@@ -1,0 +1,336 @@
+//! The load generator: `cargo bench --bench relay` measures stranger-relay and the Node + ws
+//! reference server side by side, each a child process on loopback with every limit raised,
+//! and prints one markdown table; `-- --smoke` runs every scenario small against the Rust server
+//! and checks correctness only.
+//!
+//! Scenarios (each in its own module): idle sockets and sockets in rooms (memory per
+//! connection), chat at two rates (CPU per relayed message, latency), churn (matches per second,
+//! CPU per match), slow readers (peak memory, what happens to them, the other rooms' latency).
+//! CPU and memory are read from outside the server, in `/proc`.
+
+#[path = "relay/chat.rs"]
+mod chat;
+#[path = "relay/churn.rs"]
+mod churn;
+#[path = "relay/client.rs"]
+mod client;
+#[path = "relay/idle.rs"]
+mod idle;
+#[path = "relay/options.rs"]
+mod options;
+#[path = "relay/procfs.rs"]
+mod procfs;
+#[path = "relay/report.rs"]
+mod report;
+#[path = "relay/server.rs"]
+mod server;
+#[path = "relay/slow_reader.rs"]
+mod slow_reader;
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use options::Options;
+use report::Column;
+use server::{Kind, Server};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = match Options::parse(&args) {
+        Ok(Some(options)) => options,
+        Ok(None) => {
+            print!("{}", options::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("relay bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // The soft open-file limit up to the hard one; the servers (children) inherit it.
+    let nofile = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("relay bench: cannot raise the open-file limit: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let needed = options.idle as u64 + 500;
+    if nofile < needed {
+        eprintln!(
+            "relay bench: {} idle sockets need {needed} open files; the hard limit is {nofile} \
+             (raise it, or pass --idle)",
+            options.idle
+        );
+        return ExitCode::FAILURE;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let args = args.into_iter().filter(|a| a != "--bench").collect();
+    runtime.block_on(async move {
+        if options.smoke {
+            smoke(options).await
+        } else {
+            full(options, args, nofile).await
+        }
+    })
+}
+
+/// Every scenario against the Rust server, small; correctness only.
+async fn smoke(options: Options) -> ExitCode {
+    let (ticks, _) = procfs::clock_ticks_per_sec();
+    let started = Instant::now();
+    let measured = measure(Kind::Rust, &options, ticks).await;
+    let failed = measured.column.failures.len();
+    let passed = measured.passed;
+    for failure in &measured.column.failures {
+        println!("FAILED {failure}");
+    }
+    println!(
+        "smoke ({:.0} s): every scenario against the Rust server, small, correctness only",
+        started.elapsed().as_secs_f64()
+    );
+    println!("smoke: {passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Both servers, full size; the table.
+async fn full(options: Options, args: Vec<String>, nofile: u64) -> ExitCode {
+    let started = Instant::now();
+    let machine = procfs::Machine::describe();
+    let load_before = procfs::load_average();
+    let (ticks, assumed) = procfs::clock_ticks_per_sec();
+    let mut columns: Vec<(Kind, Measured)> = Vec::new();
+    for &kind in &options.servers {
+        if kind == Kind::Node
+            && let Err(e) = server::npm_ci_if_needed()
+        {
+            let mut measured = Measured::default();
+            measured.column.failures.push(e);
+            columns.push((kind, measured));
+            continue;
+        }
+        columns.push((kind, measure(kind, &options, ticks).await));
+    }
+    let load_after = procfs::load_average();
+
+    let mut out = String::new();
+    let command = if args.is_empty() {
+        "cargo bench --bench relay".to_string()
+    } else {
+        format!("cargo bench --bench relay -- {}", args.join(" "))
+    };
+    let node_version = procfs::run("node", &["--version"]).unwrap_or_else(|| "?".into());
+    let ws_version =
+        std::fs::read_to_string(server::node_dir().join("node_modules/ws/package.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["version"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "?".into());
+    out += "## stranger-relay benchmark\n\n";
+    out += &format!("- date: {}\n", machine.date);
+    out += &format!("- command: `{command}`\n");
+    out += &format!(
+        "- machine: nproc {}, {} MiB memory, {}, {}\n",
+        machine.cpus, machine.mem_total_mib, machine.cpu_model, machine.kernel
+    );
+    out += &format!(
+        "- load average (1/5/15 min) before: {load_before}; after: {load_after} (other work on the machine shows here)\n"
+    );
+    out += &format!(
+        "- servers: stranger-relay release build; reference: Node {node_version} + ws {ws_version}; \
+         each alone, a child process on 127.0.0.1, with every limit raised ({})\n",
+        server::ENVIRONMENT
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    out += &format!(
+        "- measured from outside: CPU = utime+stime of /proc/PID/stat at {ticks} ticks/s ({}), \
+         RSS = VmRSS of /proc/PID/status; load generator: one tokio process (same machine, \
+         loopback), open-file limit {nofile}\n",
+        if assumed {
+            "getconf CLK_TCK unavailable: 100 assumed"
+        } else {
+            "from getconf CLK_TCK"
+        }
+    );
+    out += &format!("- run time: {:.0} s\n\n", started.elapsed().as_secs_f64());
+    let table_columns: Vec<(&str, &Column)> = columns
+        .iter()
+        .map(|(kind, m)| (kind.column(), &m.column))
+        .collect();
+    out += &report::table(&table_columns);
+    out += "\nratio = reference ÷ stranger-relay (above 1: the reference uses more of it, or \
+            delivers more of it).\n\n";
+    out += "Notes:\n";
+    out += "- Chat texts are 64 characters; each side is paced by a tokio interval with \
+            MissedTickBehavior::Burst (a late sender catches up), first ticks spread over one \
+            period; latency is from just before the write to the partner's read, in the same \
+            process. CPU per message and per match is the server's CPU over the run divided by \
+            what was delivered.\n";
+    out += "- KiB per connection = (RSS with the sockets open − RSS after a warm-up with none) ÷ N; \
+            a V8 heap is collected when V8 decides, so the Node figure includes garbage not yet \
+            collected.\n";
+    out += "- Each server runs twice: one process for idle, chat and churn, a fresh one (started \
+            and warmed up alike) for the slow readers, so that their peak RSS is their own and \
+            not the high-water mark of ten thousand idle sockets.\n";
+    out += "- Client and server share the machine's cores: when the load generator's CPU plus the \
+            server's approaches nproc × 100 %, the machine, not the server, bounds the rate.\n";
+    let mut failed = false;
+    for (kind, measured) in &columns {
+        for note in &measured.column.notes {
+            out += &format!("- {}: {note}\n", kind.column());
+        }
+        for failure in &measured.column.failures {
+            out += &format!("- FAILED, {}: {failure}\n", kind.column());
+            failed = true;
+        }
+    }
+    print!("{out}");
+    let copy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("test-output");
+    if std::fs::create_dir_all(&copy).is_ok() {
+        let _ = std::fs::write(copy.join("bench.md"), &out);
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// What one server gave: its column and how many scenarios passed.
+#[derive(Default)]
+struct Measured {
+    column: Column,
+    passed: usize,
+}
+
+/// Runs scenarios one after the other, logging each and counting passes and failures.
+struct Tally {
+    server: &'static str,
+    passed: usize,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    async fn step<T>(
+        &mut self,
+        scenario: &str,
+        run: impl Future<Output = Result<T, String>>,
+    ) -> Option<T> {
+        let started = Instant::now();
+        eprintln!("== {}: {scenario}", self.server);
+        let outcome = run.await;
+        let took = started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(value) => {
+                self.passed += 1;
+                eprintln!("   {} {scenario}: ok ({took:.1} s)", self.server);
+                Some(value)
+            }
+            Err(e) => {
+                eprintln!("   {} {scenario}: FAILED ({took:.1} s): {e}", self.server);
+                self.failures.push(format!("{scenario}: {e}"));
+                None
+            }
+        }
+    }
+}
+
+/// Starts one server, runs every scenario against it, stops it. The slow-reader scenario gets a
+/// fresh process of the same server: a process's RSS rarely shrinks, so after ten thousand idle
+/// sockets the peak of the slow-reader scenario would be hidden under the earlier high-water mark.
+async fn measure(kind: Kind, options: &Options, ticks: u64) -> Measured {
+    let mut column = Column::default();
+    let mut tally = Tally {
+        server: kind.short(),
+        passed: 0,
+        failures: Vec::new(),
+    };
+    if let Some(server) = start(kind, options, ticks, &mut tally).await {
+        let idle = idle::run(&server, options.idle, options.settle, &mut column);
+        tally.step("idle", idle).await;
+        for load in &options.chat {
+            let chat = chat::measure(&server, *load, ticks, &mut column);
+            tally.step(&format!("chat {}", load.label()), chat).await;
+        }
+        let churn = churn::run(
+            &server,
+            options.churn_workers,
+            options.churn_secs,
+            ticks,
+            &mut column,
+        );
+        if let Some(churned) = tally.step("churn", churn).await {
+            let cores = procfs::Machine::describe().cpus as f64 * 100.0;
+            let client = churned.client.percent_of_core();
+            let srv = churned.server.percent_of_core();
+            if client > 90.0 || client + srv > 0.9 * cores {
+                column.notes.push(format!(
+                    "churn: {:.0} matches; the load generator used {client:.0} % of a core and \
+                     the server {srv:.0} % ({cores:.0} % in all on this machine): the machine \
+                     bounds the match rate, not the server alone",
+                    churned.matches
+                ));
+            }
+            if kind == Kind::Node && srv > 95.0 {
+                column.notes.push(format!(
+                    "churn: the reference used {srv:.0} % of a core: its one JavaScript thread \
+                     (the event loop) is saturated, so this is its ceiling on one process"
+                ));
+            }
+        }
+        stop(server, &mut tally, &mut column).await;
+    }
+    if let Some(server) = start(kind, options, ticks, &mut tally).await {
+        let strict = kind == Kind::Rust;
+        let slow = slow_reader::run(&server, options.slow, strict, ticks, &mut column);
+        tally.step("slow reader", slow).await;
+        stop(server, &mut tally, &mut column).await;
+    }
+    column.failures.extend(tally.failures);
+    Measured {
+        column,
+        passed: tally.passed,
+    }
+}
+
+/// Starts the server and warms it up; `None` (a failure recorded) if it would not start.
+async fn start(kind: Kind, options: &Options, ticks: u64, tally: &mut Tally) -> Option<Server> {
+    let server = tally.step("start", Server::start(kind)).await?;
+    let warm = warm_up(&server, options.warm_up_rooms, ticks);
+    tally.step("warm-up", warm).await;
+    Some(server)
+}
+
+/// SIGTERM; a failure if it had to be killed, a note if it exited other than with 0.
+async fn stop(server: Server, tally: &mut Tally, column: &mut Column) {
+    match tally.step("stop", server.stop()).await {
+        Some(status) if status.contains("exit status: 0") => {}
+        Some(status) => column
+            .notes
+            .push(format!("exited with {status} after SIGTERM")),
+        None => {}
+    }
+}
+
+/// A few rooms chat briefly, so that the baseline is taken from a server that has served.
+async fn warm_up(server: &Server, rooms: usize, ticks: u64) -> Result<(), String> {
+    let open = chat::open_rooms(server, "w", rooms).await?;
+    let load = chat::Load {
+        rooms,
+        rate: 20.0,
+        secs: 1.0,
+    };
+    chat::run(open, load, server.pid, ticks).await.check()?;
+    server.wait_empty().await
+}
