@@ -69,6 +69,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Every WebSocket task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// The one clock of every rate limiter (see [`limits::Clock`]).
+    pub clock: limits::Clock,
 }
 
 impl AppState {
@@ -82,6 +84,7 @@ impl AppState {
             config,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            clock: limits::Clock::default(),
         })
     }
 }
@@ -150,6 +153,7 @@ pub async fn serve(
         "shutting down"
     );
     state.shutdown.cancel();
+    state.lobby.kill_all();
     state.tasks.close();
     if tokio::time::timeout(grace, state.tasks.wait())
         .await

@@ -23,7 +23,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, Semaphore, TryAcquireError};
+use std::future::Future;
+use std::task::Poll;
+
+use futures::task::AtomicWaker;
+use tokio::sync::{Semaphore, TryAcquireError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::matchmaker::{BadState, Departure, Matchmaker, Pairing, RoomId, SessionId, State};
@@ -76,7 +80,10 @@ pub struct Peer {
     link: Mutex<Option<Link>>,
     /// 0 while alive, else the [`Kill`] that ended it.
     killed: AtomicU8,
-    kill: Notify,
+    /// The reader's and the writer's wakers for a kill. Lock-free: these are polled on every
+    /// frame, where a `Notify` would take its mutex each time.
+    reader_waker: AtomicWaker,
+    writer_waker: AtomicWaker,
 }
 
 /// Why a session was ended from outside its reader.
@@ -86,6 +93,9 @@ pub enum Kill {
     Stalled = 1,
     /// Its socket failed while writing.
     SocketDead = 2,
+    /// The server is shutting down: the reader closes with 1012; the writer carries on until
+    /// it has sent that close frame.
+    Shutdown = 3,
 }
 
 /// A session's current room and partner.
@@ -110,7 +120,8 @@ impl Peer {
             chat_slots: Semaphore::new(relay_depth),
             link: Mutex::new(None),
             killed: AtomicU8::new(0),
-            kill: Notify::new(),
+            reader_waker: AtomicWaker::new(),
+            writer_waker: AtomicWaker::new(),
         };
         (Arc::new(peer), rx)
     }
@@ -194,13 +205,15 @@ impl Peer {
         self.chat_slots.close();
     }
 
-    /// Ends this session from outside its reader: reader and writer stop; for
-    /// [`Kill::Stalled`] the writer tries a 1008 close. The first reason given sticks.
+    /// Ends this session from outside its reader: the reader stops, and for [`Kill::Stalled`]
+    /// and [`Kill::SocketDead`] the writer too (trying a 1008 close for the first). The first
+    /// reason given sticks.
     pub fn kill(&self, why: Kill) {
         let _ = self
             .killed
             .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire);
-        self.kill.notify_waiters();
+        self.reader_waker.wake();
+        self.writer_waker.wake();
     }
 
     /// Why the session was killed, if it was.
@@ -208,19 +221,29 @@ impl Peer {
         match self.killed.load(Ordering::Acquire) {
             0 => None,
             1 => Some(Kill::Stalled),
-            _ => Some(Kill::SocketDead),
+            2 => Some(Kill::SocketDead),
+            _ => Some(Kill::Shutdown),
         }
     }
 
-    /// Resolves once [`Peer::kill`] has been called, with its reason.
-    pub async fn killed(&self) -> Kill {
-        loop {
-            let notified = self.kill.notified();
-            if let Some(why) = self.kill_reason() {
-                return why;
+    /// Resolves, for the reader, once the session has been killed, with the reason.
+    pub fn reader_stop(&self) -> impl Future<Output = Kill> + '_ {
+        std::future::poll_fn(|cx| {
+            self.reader_waker.register(cx.waker());
+            self.kill_reason().map_or(Poll::Pending, Poll::Ready)
+        })
+    }
+
+    /// Resolves, for the writer, once the session has been killed for a reason that stops the
+    /// writer (not a shutdown: the writer still has the 1012 close frame to send).
+    pub fn writer_stop(&self) -> impl Future<Output = Kill> + '_ {
+        std::future::poll_fn(|cx| {
+            self.writer_waker.register(cx.waker());
+            match self.kill_reason() {
+                Some(why @ (Kill::Stalled | Kill::SocketDead)) => Poll::Ready(why),
+                _ => Poll::Pending,
             }
-            notified.await;
-        }
+        })
     }
 
     fn link_guard(&self) -> MutexGuard<'_, Option<Link>> {
@@ -356,6 +379,13 @@ impl Lobby {
             // Break the Arc cycle with the old partner; wake senders waiting for a slot.
             *peer.link_guard() = None;
             peer.close_queue();
+        }
+    }
+
+    /// The graceful shutdown: every session's reader ends and closes with 1012.
+    pub fn kill_all(&self) {
+        for peer in self.lock().peers.values() {
+            peer.kill(Kill::Shutdown);
         }
     }
 

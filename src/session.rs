@@ -8,6 +8,7 @@
 //! `left` at once, and then the writer sends the close frame.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::stream::{SplitSink, SplitStream};
@@ -96,11 +97,15 @@ async fn serve_session(
     let (peer, outbound) = Peer::new(id, Peer::relay_depth(state.config.max_frame_bytes));
     state.metrics.connections.inc();
     let online = state.lobby.join(peer.clone());
+    // A shutdown that began while this socket was upgrading missed it in `kill_all`.
+    if state.shutdown.is_cancelled() {
+        peer.kill(Kill::Shutdown);
+    }
     info!(session = %format_args!("{id:016x}"), online, "session opened");
     let mut reader = Reader {
         state: &state,
         peer: &peer,
-        allowance: SessionAllowance::new(&state.config),
+        allowance: SessionAllowance::new(&state.config, &state.clock),
         frames_in: 0,
         relayed: 0,
     };
@@ -160,16 +165,20 @@ impl Reader<'_> {
         let mut last_seen = tokio::time::Instant::now();
         let idle = tokio::time::sleep_until(last_seen + idle_timeout);
         tokio::pin!(idle);
+        // Made once, not per iteration: every branch here is polled on every frame.
+        let peer: &Peer = self.peer;
+        let stop = peer.reader_stop();
+        tokio::pin!(stop);
         loop {
             let message = tokio::select! {
                 biased;
-                _ = self.state.shutdown.cancelled() => {
-                    return Ending::server(close::RESTARTING, "the server is restarting");
-                }
-                why = self.peer.killed() => {
-                    // The writer closes with 1008 (or drops the socket) by itself.
-                    let code = if why == Kill::Stalled { close::ABUSE } else { 1006 };
-                    return Ending { code, send: None };
+                why = &mut stop => {
+                    return match why {
+                        Kill::Shutdown => Ending::server(close::RESTARTING, "the server is restarting"),
+                        // The writer closes with 1008 (or drops the socket) by itself.
+                        Kill::Stalled => Ending { code: close::ABUSE, send: None },
+                        Kill::SocketDead => Ending { code: 1006, send: None },
+                    };
                 }
                 _ = &mut idle => {
                     let deadline = last_seen + idle_timeout;
@@ -359,10 +368,12 @@ async fn write_until_close(
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = peer.writer_stop();
+    tokio::pin!(stop);
     loop {
         let item = tokio::select! {
             biased;
-            why = peer.killed() => return Box::pin(close_stalled(sink, why)).await,
+            why = &mut stop => return Box::pin(close_stalled(sink, why)).await,
             item = queue.recv_async() => item.ok(),
             _ = ping.tick() => {
                 if let Err(why) = write(sink, peer, Message::Ping(Default::default())).await {
@@ -423,10 +434,19 @@ async fn write(
     peer: &Peer,
     message: Message,
 ) -> Result<(), Kill> {
+    let mut send = std::pin::pin!(sink.send(message));
+    // Nearly every write completes at once; only one that has to wait gets a timer (arming a
+    // timer per frame was a measurable share of the relay path).
+    if let Poll::Ready(result) = futures::poll!(send.as_mut()) {
+        return result.map_err(|_| {
+            peer.kill(Kill::SocketDead);
+            Kill::SocketDead
+        });
+    }
     let why = tokio::select! {
         biased;
-        why = peer.killed() => why,
-        result = tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)) => match result {
+        why = peer.writer_stop() => why,
+        result = tokio::time::timeout(WRITE_TIMEOUT, send) => match result {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(_)) => Kill::SocketDead,
             Err(_) => Kill::Stalled,
