@@ -8,9 +8,30 @@ use stranger_relay::{Config, serve};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let config = Config::from_env_and_args();
+    let runtime = match config.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        threads => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if threads > 0 {
+                builder.worker_threads(threads);
+            }
+            builder.enable_all().build()
+        }
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(config)),
+        Err(err) => {
+            eprintln!("stranger-relay: cannot start the runtime: {err}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(config: Config) {
     // Only this crate's `tracing` events are logged: tracing-subscriber is built without its
     // `log` bridge, so dependencies that dump frames at trace level through `log` (tungstenite)
     // cannot put a message text into the logs, whatever RUST_LOG says.

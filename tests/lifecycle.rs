@@ -24,9 +24,9 @@ use tokio_tungstenite::tungstenite::Message;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Every variable of the configuration table of PROTOCOL.md, with its default as `--help` may
-/// print it (`None`: no default, "unset").
-const SETTINGS: [(&str, Option<&[&str]>); 19] = [
+/// Every variable of the configuration table of PROTOCOL.md (and the server's extension,
+/// WORKER_THREADS), with its default as `--help` may print it (`None`: no default, "unset").
+const SETTINGS: [(&str, Option<&[&str]>); 20] = [
     ("HOST", Some(&["0.0.0.0"])),
     ("PORT", Some(&["8080"])),
     ("MAX_FRAME_BYTES", Some(&["16384"])),
@@ -46,6 +46,7 @@ const SETTINGS: [(&str, Option<&[&str]>); 19] = [
     ("SHUTDOWN_GRACE_SECS", Some(&["10", "10.0"])),
     ("TRUST_PROXY_HEADER", None),
     ("RUST_LOG", Some(&["info"])),
+    ("WORKER_THREADS", Some(&["1"])),
 ];
 
 /// The value of a sample, or 0 when the sample is not (yet) exposed: a labelled counter may
@@ -1131,4 +1132,18 @@ async fn lenient_settings_are_accepted() {
         Some(0)
     );
     assert!(relay.stderr().contains("listening"), "info logs by default");
+}
+
+#[tokio::test]
+async fn worker_threads_setting_runs_on_several_threads_too() {
+    let (mut relay, addr) = Relay::serve(&[("HOST", "127.0.0.1"), ("WORKER_THREADS", "2")]).await;
+    let (mut a, mut b) = pair_from(addr, None, &[]).await;
+    a.send(json!({"type": "msg", "text": "two threads"})).await;
+    assert_eq!(b.expect("msg").await["text"], "two threads");
+    relay.signal("TERM");
+    assert_eq!(a.closed(WAIT).await.code(), Some(1012));
+    assert_eq!(
+        relay.wait_exit(Duration::from_secs(20)).await.code(),
+        Some(0)
+    );
 }
