@@ -95,11 +95,7 @@ async fn a_lone_session_is_never_paired_with_itself() {
     a.expect("idle").await;
     a.find(&["x"]).await;
     a.expect_silence(Duration::from_millis(1000)).await;
-    let stats = server.stats().await;
-    assert_eq!(
-        (stats["waiting"].as_u64(), stats["rooms"].as_u64()),
-        (Some(1), Some(0))
-    );
+    assert_eq!(server.waiting_and_rooms().await, (1, 0));
 }
 
 #[tokio::test]
@@ -110,11 +106,7 @@ async fn a_room_holds_exactly_two() {
     c.find(&[]).await;
     c.expect_silence(QUIET).await;
     assert_partners(&mut a, &mut b).await;
-    let stats = server.stats().await;
-    assert_eq!(
-        (stats["waiting"].as_u64(), stats["rooms"].as_u64()),
-        (Some(1), Some(1))
-    );
+    assert_eq!(server.waiting_and_rooms().await, (1, 1));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -631,11 +623,7 @@ async fn both_skipping_at_once_leaves_a_consistent_state() {
         };
         assert_eq!(left["reason"], "skipped");
         loser.expect_error("bad_state").await;
-        let stats = server.stats().await;
-        assert_eq!(
-            (stats["waiting"].as_u64(), stats["rooms"].as_u64()),
-            (Some(1), Some(0))
-        );
+        assert_eq!(server.waiting_and_rooms().await, (1, 0));
         // Each ends up in exactly one new room, with someone else.
         loser.find(&[]).await;
         let mut c = server.client().await;
@@ -646,11 +634,7 @@ async fn both_skipping_at_once_leaves_a_consistent_state() {
         matched_pair(&mut d, &mut loser).await;
         assert_partners(&mut winner, &mut c).await;
         assert_partners(&mut loser, &mut d).await;
-        let stats = server.stats().await;
-        assert_eq!(
-            (stats["waiting"].as_u64(), stats["rooms"].as_u64()),
-            (Some(0), Some(2))
-        );
+        assert_eq!(server.waiting_and_rooms().await, (0, 2));
     }
 }
 
@@ -686,9 +670,5 @@ async fn twenty_clients_finding_at_once_are_paired_into_disjoint_pairs() {
     }
     // Exactly one message each: nobody is in two rooms.
     futures::future::join_all(clients.iter_mut().map(|c| c.expect_silence(QUIET))).await;
-    let stats = server.stats().await;
-    assert_eq!(
-        (stats["waiting"].as_u64(), stats["rooms"].as_u64()),
-        (Some(0), Some(10))
-    );
+    assert_eq!(server.waiting_and_rooms().await, (0, 10));
 }

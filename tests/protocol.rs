@@ -120,11 +120,7 @@ async fn find_answers_waiting_then_matched_with_a_common_array() {
     let ma = a.expect("matched").await;
     assert_eq!(ma["common"], json!([]), "{ma}");
     assert_eq!(mb["common"], json!([]), "{mb}");
-    let stats = server.stats().await;
-    assert_eq!(
-        (stats["waiting"].as_u64(), stats["rooms"].as_u64()),
-        (Some(0), Some(1))
-    );
+    assert_eq!(server.waiting_and_rooms().await, (0, 1));
     relays(&mut a, &mut b, "hi").await;
     relays(&mut b, &mut a, "hi back").await;
 }
@@ -335,11 +331,7 @@ async fn skip_while_chatting_tells_partner_left_skipped_and_sender_waiting() {
     assert_eq!(left["reason"], "skipped", "{left}");
     // The partner is idle, the skipper is in the queue.
     assert_idle(&mut b).await;
-    let stats = server.stats().await;
-    assert_eq!(
-        (stats["waiting"].as_u64(), stats["rooms"].as_u64()),
-        (Some(1), Some(0))
-    );
+    assert_eq!(server.waiting_and_rooms().await, (1, 0));
 }
 
 #[tokio::test]
@@ -395,11 +387,7 @@ async fn skip_while_waiting_answers_waiting_and_stays_queued_once() {
     b.expect("matched").await;
     a.expect("matched").await;
     // No second queue entry of a is left behind.
-    let stats = server.stats().await;
-    assert_eq!(
-        (stats["waiting"].as_u64(), stats["rooms"].as_u64()),
-        (Some(0), Some(1))
-    );
+    assert_eq!(server.waiting_and_rooms().await, (0, 1));
     relays(&mut a, &mut b, "hi").await;
 }
 
@@ -417,11 +405,7 @@ async fn stop_while_chatting_tells_partner_left_skipped_and_sender_idle() {
     assert_eq!(left["reason"], "skipped", "{left}");
     assert_idle(&mut a).await;
     assert_idle(&mut b).await;
-    let stats = server.stats().await;
-    assert_eq!(
-        (stats["waiting"].as_u64(), stats["rooms"].as_u64()),
-        (Some(0), Some(0))
-    );
+    assert_eq!(server.waiting_and_rooms().await, (0, 0));
 }
 
 #[tokio::test]
@@ -813,11 +797,7 @@ async fn refused_msg_relays_nothing_and_the_room_goes_on() {
     a.expect_error("bad_state").await;
     relays(&mut a, &mut b, "still here").await;
     relays(&mut b, &mut a, "me too").await;
-    let stats = server.stats().await;
-    assert_eq!(
-        (stats["waiting"].as_u64(), stats["rooms"].as_u64()),
-        (Some(0), Some(1))
-    );
+    assert_eq!(server.waiting_and_rooms().await, (0, 1));
 }
 
 // ---------------------------------------------------------------------------------------------

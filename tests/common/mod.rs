@@ -99,6 +99,17 @@ impl TestServer {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// `(waiting, rooms)` from `/api/stats`.
+    pub async fn waiting_and_rooms(&self) -> (u64, u64) {
+        let stats = self.stats().await;
+        let count = |name: &str| {
+            stats[name]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name}: {stats}"))
+        };
+        (count("waiting"), count("rooms"))
+    }
+
     /// Polls `/api/stats` until `check` holds (or fails after [`WAIT`]).
     pub async fn wait_stats(&self, check: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;
