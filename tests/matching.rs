@@ -39,17 +39,6 @@ async fn find_raw(client: &mut Client, interests: Value) {
     client.expect("waiting").await;
 }
 
-fn common_of(matched: &Value) -> Vec<String> {
-    let mut common: Vec<String> = matched["common"]
-        .as_array()
-        .unwrap_or_else(|| panic!("matched without a common array: {matched}"))
-        .iter()
-        .map(|v| v.as_str().expect("common holds strings").to_string())
-        .collect();
-    common.sort();
-    common
-}
-
 /// Reads `matched` from both and returns `common` (sorted), which must agree.
 async fn matched_pair(a: &mut Client, b: &mut Client) -> Vec<String> {
     let ca = common_of(&a.expect("matched").await);

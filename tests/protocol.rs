@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use stranger_relay::Config;
 
 /// A short window for "nothing arrives" checks where no timer is involved.
@@ -44,17 +44,6 @@ async fn round_trip(a: &mut Client, b: &mut Client, text: &str) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("msg without a string text: {got}"))
         .to_string()
-}
-
-fn common_of(matched: &Value) -> Vec<String> {
-    let mut common: Vec<String> = matched["common"]
-        .as_array()
-        .unwrap_or_else(|| panic!("matched without a common array: {matched}"))
-        .iter()
-        .map(|v| v.as_str().expect("common holds strings").to_string())
-        .collect();
-    common.sort();
-    common
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -344,6 +344,18 @@ impl Client {
     }
 }
 
+/// The `common` interests of a `matched` frame, sorted.
+pub fn common_of(matched: &Value) -> Vec<String> {
+    let mut common: Vec<String> = matched["common"]
+        .as_array()
+        .unwrap_or_else(|| panic!("matched without a common array: {matched}"))
+        .iter()
+        .map(|v| v.as_str().expect("common holds strings").to_string())
+        .collect();
+    common.sort();
+    common
+}
+
 /// Two clients paired into a room (both have read `waiting` and `matched`).
 pub async fn pair(server: &TestServer) -> (Client, Client) {
     let mut a = server.client().await;
