@@ -99,7 +99,7 @@ pub enum Kill {
 }
 
 /// A session's current room and partner.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Link {
     pub room: RoomId,
     pub partner: Arc<Peer>,
@@ -307,11 +307,6 @@ impl Lobby {
         });
         inner.peers.insert(peer.id, peer);
         online
-    }
-
-    /// The session's state in the matchmaker.
-    pub fn state(&self, id: SessionId) -> Option<State> {
-        self.lock().matchmaker.state(id)
     }
 
     /// `find`: the state is checked first, then `interests` is evaluated (field validation).
