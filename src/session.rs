@@ -36,6 +36,10 @@ pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// How long the writer tries to get a close frame out before giving up on the socket.
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// The same for the idle timeout's 1001. A client silent for the whole idle timeout is most
+/// likely gone (a phone in a tunnel, a dead NAT entry): it gets half a second for the close
+/// frame and no lingering close, so its TCP connection ends within a second of the timeout.
+const IDLE_CLOSE_SEND_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Close codes the server sends (PROTOCOL.md, "Close codes").
 pub mod close {
@@ -117,9 +121,14 @@ async fn serve_session(
     // under the connection limits.
     drop(permit);
     if let Ok(socket) = stream.reunite(sink) {
-        // Boxed: it runs once, at the end, and holds a whole socket; inline, every session's
-        // future would reserve room for it all along.
-        Box::pin(linger(socket)).await;
+        // A client that stayed silent for the whole idle timeout will not answer our close
+        // frame either: dropping the socket ends the connection now. Every other close waits
+        // for a peer that is alive.
+        if ending.code != close::IDLE {
+            // Boxed: it runs once, at the end, and holds a whole socket; inline, every
+            // session's future would reserve room for it all along.
+            Box::pin(linger(socket)).await;
+        }
     }
     info!(
         session = %format_args!("{id:016x}"),
@@ -400,7 +409,12 @@ async fn write_until_close(
                         reason: reason.into(),
                     };
                     let send = sink.send(Message::Close(Some(frame)));
-                    let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, send).await;
+                    let limit = if code == close::IDLE {
+                        IDLE_CLOSE_SEND_TIMEOUT
+                    } else {
+                        CLOSE_SEND_TIMEOUT
+                    };
+                    let _ = tokio::time::timeout(limit, send).await;
                 }
                 return;
             }

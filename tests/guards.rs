@@ -693,6 +693,72 @@ async fn silent_client_is_dropped_after_the_idle_timeout_and_its_partner_gets_le
     server.wait_stats(|s| s["online"] == 1).await;
 }
 
+/// A client that is really gone (it never answers a ping or a close frame) loses its TCP
+/// connection within a second of the idle timeout, not after a lingering close, and its partner
+/// hears `left` at the timeout.
+#[tokio::test]
+async fn silent_raw_client_loses_its_tcp_connection_within_a_second_of_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const IDLE: Duration = Duration::from_secs(1);
+    let server = TestServer::start(Config {
+        ping_interval_secs: 0.2,
+        idle_timeout_secs: IDLE.as_secs_f64(),
+        ..test_config()
+    })
+    .await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let handshake = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    // The handshake and one masked `find`, then silence: no pong, no close reply, ever.
+    let payload = br#"{"type":"find"}"#;
+    let mask = [7u8, 1, 2, 3];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    tcp.write_all(handshake.as_bytes()).await.unwrap();
+    tcp.write_all(&frame).await.unwrap();
+    let last_sent = Instant::now();
+    let mut partner = server.client().await;
+    partner.find(&[]).await;
+    partner.expect("matched").await;
+
+    // Bytes are taken off the socket (so the kernel's window never fills) but never answered;
+    // the loop ends at the server's FIN or reset.
+    let ended = tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = tcp.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+        last_sent.elapsed()
+    });
+    let left = partner.expect("left").await;
+    assert_eq!(left["reason"], "disconnected", "{left}");
+    let told_after = last_sent.elapsed();
+    let tcp_ended_after = tokio::time::timeout(WAIT, ended)
+        .await
+        .expect("the server never ended the TCP connection")
+        .unwrap();
+    assert!(
+        tcp_ended_after >= IDLE - Duration::from_millis(50),
+        "dropped after only {tcp_ended_after:?} of silence (timeout {IDLE:?})"
+    );
+    assert!(
+        tcp_ended_after <= IDLE + Duration::from_secs(1),
+        "the TCP connection ended {tcp_ended_after:?} after the client fell silent \
+         (timeout {IDLE:?}): more than a second late"
+    );
+    assert!(
+        told_after <= IDLE + Duration::from_millis(500),
+        "partner told `left` only after {told_after:?}"
+    );
+    server.wait_stats(|s| s["online"] == 1).await;
+}
+
 #[tokio::test]
 async fn client_answering_pings_stays_connected_past_the_idle_timeout() {
     let server = TestServer::start(Config {
