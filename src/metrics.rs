@@ -5,14 +5,24 @@
 //! once at start-up (every label value PROTOCOL.md names exists from the first scrape, at 0), so
 //! nothing on the hot path looks a label up. Gauges are read at scrape time from the lobby and
 //! `/proc`, since they are state, not events.
+//!
+//! The dependency runs one way: the relay counts into [`Metrics`] and hands its [`Stats`] to
+//! [`Metrics::render`]; nothing here knows the relay.
 
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 use crate::protocol::ErrorCode;
-use crate::relay::Stats;
 
 /// The `Content-Type` of `/metrics`.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The crowd's counts, for `/api/stats` and the gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    pub online: usize,
+    pub waiting: usize,
+    pub rooms: usize,
+}
 
 /// Why an upgrade was refused (`relay_connections_refused_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +78,7 @@ pub struct Metrics {
     online: IntGauge,
     waiting: IntGauge,
     rooms: IntGauge,
+    tasks: IntGauge,
     resident_memory: IntGauge,
 }
 
@@ -146,6 +157,10 @@ impl Metrics {
             online: gauge("relay_online", "Open sessions"),
             waiting: gauge("relay_waiting", "Sessions in the queue"),
             rooms: gauge("relay_rooms", "Rooms of two"),
+            tasks: gauge(
+                "relay_tasks",
+                "Tokio tasks alive in the server process (a leak shows as growth)",
+            ),
             resident_memory: gauge(
                 "process_resident_memory_bytes",
                 "Resident memory of the server process in bytes",
@@ -179,6 +194,10 @@ impl Metrics {
         self.online.set(stats.online as i64);
         self.waiting.set(stats.waiting as i64);
         self.rooms.set(stats.rooms as i64);
+        let tasks = tokio::runtime::Handle::try_current()
+            .map(|runtime| runtime.metrics().num_alive_tasks())
+            .unwrap_or(0);
+        self.tasks.set(tasks as i64);
         self.resident_memory
             .set(resident_memory_bytes().unwrap_or(0) as i64);
         let mut out = Vec::new();
@@ -247,6 +266,7 @@ mod tests {
             "relay_online 3",
             "relay_waiting 1",
             "relay_rooms 1",
+            "relay_tasks 0",
             "process_resident_memory_bytes ",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");

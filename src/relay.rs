@@ -31,7 +31,7 @@ use tokio::sync::{Semaphore, TryAcquireError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::matchmaker::{BadState, Departure, Matchmaker, Pairing, RoomId, SessionId, State};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Stats};
 use crate::protocol::{LeftReason, Refusal, ServerFrame};
 
 /// Most bytes of chat frames that may wait for one session ("never more than 1 MiB").
@@ -270,14 +270,6 @@ pub struct Lobby {
 struct LobbyInner {
     matchmaker: Matchmaker,
     peers: HashMap<SessionId, Arc<Peer>>,
-}
-
-/// Counts for `/api/stats` and the gauges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Stats {
-    pub online: usize,
-    pub waiting: usize,
-    pub rooms: usize,
 }
 
 impl Lobby {
