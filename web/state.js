@@ -283,8 +283,8 @@ function server(s, f, now, fx) {
       }
       fx.push({ type: 'focus', target: 'message' });
       if (s.hidden) fx.push({ type: 'alert' });
-      const next = { ...quiet(s), phase: 'chatting', endReason: null, pending: null, common: f.common, messages: [] };
-      return line(next, 'system', matchedText(f.common));
+      // Said once, by the status line (role="status"): a copy in the log would be read twice.
+      return { ...quiet(s), phase: 'chatting', endReason: null, pending: null, common: f.common, messages: [] };
     }
     case 'msg':
       if (s.phase !== 'chatting') return s; // raced a skip: belongs to a room we left
