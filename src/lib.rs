@@ -57,6 +57,13 @@ const TICK_INTERVAL: Duration = Duration::from_millis(200);
 const FORGET_ADDRESSES_INTERVAL: Duration = Duration::from_secs(60);
 /// A client that has not sent its request headers by then is disconnected (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after an accept that failed, so that a persistent error (out of descriptors) costs a
+/// few wake-ups a second instead of a spinning core; long enough for sessions to close and
+/// give descriptors back, short enough that a client waiting in the backlog barely notices.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+/// At most one warning per this period about failing accepts: a flood of them must not flood
+/// the logs.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Everything the handlers share.
 #[derive(Debug)]
@@ -77,9 +84,10 @@ impl AppState {
     pub fn new(config: Config) -> Arc<AppState> {
         let metrics = Arc::new(Metrics::new());
         let matchmaker = Matchmaker::new(config.interest_wait(), config.rematch_cooldown());
+        let limits = ConnectionLimits::new(&config).cap_total(descriptor_cap(&config));
         Arc::new(AppState {
             lobby: Lobby::new(matchmaker, metrics.clone()),
-            limits: Arc::new(ConnectionLimits::new(&config)),
+            limits: Arc::new(limits),
             metrics,
             config,
             shutdown: CancellationToken::new(),
@@ -87,6 +95,30 @@ impl AppState {
             clock: limits::Clock::default(),
         })
     }
+}
+
+/// The most WebSocket sessions the open-file limit allows; says so in the log when that is
+/// fewer than `MAX_CONNS` asks for, or when `MAX_CONNS` is unset and it is the real cap.
+fn descriptor_cap(config: &Config) -> usize {
+    let Some(open_files) = limits::open_file_limit() else {
+        return usize::MAX;
+    };
+    let cap = limits::descriptor_cap(open_files);
+    if config.max_conns == 0 {
+        info!(
+            open_files,
+            max_sessions = cap,
+            "MAX_CONNS is unset: the open-file limit caps sessions, past it they get 1013"
+        );
+    } else if config.max_conns > cap {
+        warn!(
+            open_files,
+            max_conns = config.max_conns,
+            max_sessions = cap,
+            "MAX_CONNS is above what the open-file limit allows: sessions past max_sessions get 1013"
+        );
+    }
+    cap
 }
 
 /// Serves on `listener` until `shutdown` resolves, then shuts down gracefully: stops accepting,
@@ -101,15 +133,23 @@ pub async fn serve(
     let routes = warp::service(routes::routes(state.clone()));
     let timers = tokio::spawn(run_timers(state.clone()));
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut spare = SpareDescriptor::new();
+    let mut last_warning: Option<tokio::time::Instant> = None;
+    let mut failed_since_warning = 0u64;
     loop {
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!("accept failed: {err}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    failed_since_warning += 1;
+                    if last_warning.is_none_or(|at| at.elapsed() >= ACCEPT_WARN_EVERY) {
+                        warn!(failed = failed_since_warning, "accept failed: {err}");
+                        last_warning = Some(tokio::time::Instant::now());
+                        failed_since_warning = 0;
+                    }
+                    spare.shed_one(&listener).await;
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
@@ -167,6 +207,30 @@ pub async fn serve(
     timers.abort();
     info!("shutdown complete");
     Ok(())
+}
+
+/// One descriptor held back for the moment the process runs out of them (libuv's and
+/// haproxy's trick). Out of descriptors, `accept` fails and leaves the connection in the
+/// kernel's backlog, where its client would hang; with the spare given up for an instant, the
+/// connection is taken and closed at once, so its client sees a refusal and can retry, while
+/// the sessions already open carry on untouched.
+struct SpareDescriptor(Option<std::fs::File>);
+
+impl SpareDescriptor {
+    fn new() -> SpareDescriptor {
+        SpareDescriptor(std::fs::File::open("/dev/null").ok())
+    }
+
+    /// Closes the first connection waiting in the backlog, using the spare's descriptor.
+    async fn shed_one(&mut self, listener: &TcpListener) {
+        if self.0.take().is_some() {
+            // The failed accept says a connection is waiting; don't block if it went away.
+            let accepted =
+                tokio::time::timeout(Duration::from_millis(1), listener.accept()).await;
+            drop(accepted);
+        }
+        *self = SpareDescriptor::new();
+    }
 }
 
 /// The matchmaker's timers and the limiters' housekeeping.

@@ -3,6 +3,11 @@
 //!
 //! Rate limits are governor's (GCRA, one atomic per check); open-connection counts are a
 //! `DashMap` per address and one atomic in all, released by a guard when the session ends.
+//!
+//! Every WebSocket session holds one file descriptor, so the process's open-file limit is a
+//! connection limit too: the binary raises its soft limit to the hard one at start-up, and
+//! sessions past what the descriptors allow are refused with 1013 like any other server limit,
+//! before the accept loop itself runs out.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -79,6 +84,30 @@ impl SessionAllowance {
     }
 }
 
+/// Descriptors kept back from WebSocket sessions: stdio, the listener, the runtime's own, the
+/// accept loop's spare, `/proc` reads, plain HTTP requests (health checks, metric scrapes) and
+/// sockets finishing their lingering close. 64 covers a few dozen of those at once; an unused
+/// descriptor costs nothing.
+pub const FD_RESERVE: u64 = 64;
+
+/// Raises this process's soft open-file limit to its hard limit (as Go's runtime and nginx do)
+/// and returns the limit now in force.
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
+}
+
+/// The soft open-file limit in force, if the platform has one.
+pub fn open_file_limit() -> Option<u64> {
+    rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .ok()
+        .map(|(soft, _hard)| soft)
+}
+
+/// The most WebSocket sessions `open_files` descriptors allow, after [`FD_RESERVE`].
+pub fn descriptor_cap(open_files: u64) -> usize {
+    usize::try_from(open_files.saturating_sub(FD_RESERVE).max(1)).unwrap_or(usize::MAX)
+}
+
 /// Connection admission: rate per address, open connections per address and in all.
 #[derive(Debug)]
 pub struct ConnectionLimits {
@@ -107,6 +136,20 @@ impl ConnectionLimits {
             max_per_address: config.max_conns_per_ip,
             max_total: config.max_conns,
         }
+    }
+
+    /// Lowers the cap on open connections to `cap`; a configured 0 (no limit) takes `cap`.
+    pub fn cap_total(mut self, cap: usize) -> ConnectionLimits {
+        self.max_total = match self.max_total {
+            0 => cap,
+            configured => configured.min(cap),
+        };
+        self
+    }
+
+    /// The cap on open connections in force (0: none).
+    pub fn max_total(&self) -> usize {
+        self.max_total
     }
 
     /// Admits a WebSocket connection from `address`, or says which limit refuses it. The caps
@@ -196,6 +239,24 @@ mod tests {
             max_conns: 0,
             ..Config::default()
         }
+    }
+
+    #[test]
+    fn descriptor_cap_lowers_the_total_cap_and_never_raises_it() {
+        assert_eq!(descriptor_cap(20_000), 20_000 - FD_RESERVE as usize);
+        assert_eq!(descriptor_cap(10), 1, "a tiny limit still lets one in");
+        let unlimited = ConnectionLimits::new(&config()).cap_total(500);
+        assert_eq!(unlimited.max_total(), 500, "MAX_CONNS=0 takes the cap");
+        let configured = ConnectionLimits::new(&Config {
+            max_conns: 100,
+            ..config()
+        });
+        assert_eq!(configured.cap_total(500).max_total(), 100);
+        let too_high = ConnectionLimits::new(&Config {
+            max_conns: 1000,
+            ..config()
+        });
+        assert_eq!(too_high.cap_total(500).max_total(), 500);
     }
 
     #[test]

@@ -42,6 +42,11 @@ async fn run(config: Config) {
         .with_writer(std::io::stderr)
         .init();
 
+    // Every session holds a descriptor: take all the kernel allows this process.
+    match stranger_relay::limits::raise_open_file_limit() {
+        Ok(open_files) => tracing::info!(open_files, "open-file limit"),
+        Err(err) => tracing::warn!("cannot raise the open-file limit: {err}"),
+    }
     let listener = match TcpListener::bind((config.host.as_str(), config.port)).await {
         Ok(listener) => listener,
         Err(err) => {

@@ -233,8 +233,23 @@ impl Relay {
     /// of the test's own environment is removed first).
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Relay {
         let mut command = tokio::process::Command::new(binary());
+        command.args(args);
+        Relay::spawn_command(command, env)
+    }
+
+    /// Starts the binary as [`Relay::spawn`] does, under a hard open-file limit of
+    /// `open_files` (set by the shell that then becomes the binary).
+    fn spawn_with_open_files(open_files: u64, env: &[(&str, &str)]) -> Relay {
+        let mut command = tokio::process::Command::new("sh");
         command
-            .args(args)
+            .arg("-c")
+            .arg(format!("ulimit -n {open_files} && exec \"$0\""))
+            .arg(binary());
+        Relay::spawn_command(command, env)
+    }
+
+    fn spawn_command(mut command: tokio::process::Command, env: &[(&str, &str)]) -> Relay {
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -263,11 +278,18 @@ impl Relay {
     /// Starts the binary on a free port of 127.0.0.1 (`PORT` is added to `env`) and waits
     /// until `/healthz` answers.
     async fn serve(env: &[(&str, &str)]) -> (Relay, SocketAddr) {
+        Relay::serve_with(env, |env| Relay::spawn(&[], env)).await
+    }
+
+    async fn serve_with(
+        env: &[(&str, &str)],
+        spawn: impl FnOnce(&[(&str, &str)]) -> Relay,
+    ) -> (Relay, SocketAddr) {
         let port = free_port();
         let port_text = port.to_string();
         let mut env = env.to_vec();
         env.push(("PORT", &port_text));
-        let mut relay = Relay::spawn(&[], &env);
+        let mut relay = spawn(&env);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         relay.wait_ready(addr).await;
         (relay, addr)
@@ -1146,4 +1168,116 @@ async fn worker_threads_setting_runs_on_several_threads_too() {
         relay.wait_exit(Duration::from_secs(20)).await.code(),
         Some(0)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Open files
+// ---------------------------------------------------------------------------------------------
+
+/// An HTTP request on a fresh TCP connection: `Some(status)` when it was served, `None` when
+/// the server closed or reset the connection without an answer (a refusal). Hanging fails.
+async fn healthz_or_refused(stream: &mut TcpStream) -> Option<u16> {
+    let request = b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n";
+    if stream.write_all(request).await.is_err() {
+        return None;
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let read = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("a connection was neither served nor refused: it hangs");
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&answer);
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Every session holds a descriptor: the binary takes the whole open-file limit, refuses
+/// sessions past what it allows with 1013, and when even plain connections exhaust it, closes
+/// the newcomers instead of leaving them hanging; the sessions already open chat on throughout.
+#[tokio::test]
+async fn out_of_descriptors_refuses_newcomers_cleanly_and_open_sessions_go_on() {
+    const OPEN_FILES: u64 = 160;
+    let env = [
+        ("MAX_CONNS_PER_IP", "0"),
+        ("CONN_RATE_PER_MIN", "100000"),
+        ("CONN_BURST", "100000"),
+    ];
+    let (relay, addr) =
+        Relay::serve_with(&env, |env| Relay::spawn_with_open_files(OPEN_FILES, env)).await;
+    let max_sessions = OPEN_FILES as usize - stranger_relay::limits::FD_RESERVE as usize;
+    let log = relay.stderr();
+    assert!(
+        log.contains(&format!("open_files={OPEN_FILES}")),
+        "the open-file limit is logged:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("max_sessions={max_sessions}")),
+        "the session cap it implies is logged:\n{log}"
+    );
+
+    // Every session the descriptors allow, two of them in a room.
+    let (mut a, mut b) = pair_at(addr, &[]).await;
+    let mut others = Vec::new();
+    for _ in 2..max_sessions {
+        others.push(client_at(addr).await);
+    }
+    let mut refused = Client::connect_to(addr, None, &[]).await;
+    match refused.closed(WAIT).await {
+        Closed::Code(1013, reason) => assert!(!reason.is_empty(), "1013 carries a reason"),
+        other => panic!("a session past the descriptors' cap ended with {other:?}"),
+    }
+
+    // Plain connections until the process runs out of descriptors altogether.
+    let mut plain = Vec::new();
+    for _ in 0..OPEN_FILES {
+        plain.push(
+            TcpStream::connect(addr)
+                .await
+                .expect("the kernel takes the SYN"),
+        );
+    }
+    let mut served = 0;
+    let mut shed = 0;
+    for stream in &mut plain {
+        match healthz_or_refused(stream).await {
+            Some(200) => served += 1,
+            Some(status) => panic!("a plain connection got {status}"),
+            None => shed += 1,
+        }
+    }
+    assert!(served > 0, "no plain connection was served");
+    assert!(
+        shed > 0,
+        "{served} connections were served: the descriptors never ran out"
+    );
+
+    // The room chats on, byte for byte.
+    a.send(json!({"type": "msg", "text": "still here?"})).await;
+    assert_eq!(b.expect("msg").await["text"], "still here?");
+    b.send(json!({"type": "msg", "text": "yes"})).await;
+    assert_eq!(a.expect("msg").await["text"], "yes");
+
+    // Descriptors given back: a newcomer is served again.
+    drop(plain);
+    others.pop().unwrap().close().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut newcomer = Client::connect_to(addr, None, &[]).await;
+        match tokio::time::timeout(WAIT, newcomer.ws.next()).await {
+            Ok(Some(Ok(Message::Text(hello)))) if hello.contains("\"hello\"") => break,
+            _ => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no new session after descriptors were given back"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
