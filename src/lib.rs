@@ -9,13 +9,15 @@
 //! - [`limits`]: rate limits, connection caps, the client address;
 //! - [`routes`]: the HTTP surface and the WebSocket upgrade;
 //! - [`assets`]: the embedded page and the security headers;
-//! - [`metrics`], [`config`].
+//! - [`metrics`], [`config`];
+//! - [`cluster`]: clustered mode on Redis (in progress).
 //!
 //! [`serve`] runs the server on a listener the caller bound, so tests run the real thing on
 //! port 0.
 #![forbid(unsafe_code)]
 
 pub mod assets;
+pub mod cluster;
 pub mod config;
 pub mod limits;
 pub mod matchmaker;
