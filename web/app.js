@@ -1,13 +1,17 @@
 // app.js — the DOM side: wires the page's elements to the state machine (state.js) and the
 // connection (protocol.js). Owns: event listeners, rendering state into the DOM, timers the
-// reducer asks for, focus, scrolling, the online count poll, the title, sound and notifications.
+// reducer asks for, focus, scrolling, the online count poll, the title, sound and notifications,
+// the 18+ tick in localStorage, the Report dialog, the contact-detail warning, and the proof-of-work
+// Web Worker (pow-worker.js; solved on this thread, in small slices, if a worker cannot start).
 // Messages are rendered with textContent only, never as HTML.
 
 import { createClient, wsUrl, charCount, MAX_TEXT_CHARS } from './protocol.js';
 import {
   initialState, reduce, takeInterests, statusText, hintText, noticeText, titleText, onlineText,
-  counterText, showNewStranger, canSkip, TEXT,
+  counterText, showNewStranger, canSkip, canStart, canReport, hasFeature, TEXT,
 } from './state.js';
+import { solve, subtleHasher, syncHasher } from './pow.js';
+import { sha256 } from './sha256.js';
 
 const STATS_EVERY_MS = 5000;
 const $ = (id) => document.getElementById(id);
@@ -17,10 +21,30 @@ const el = {
   stop: $('stop'), status: $('status'), log: $('messages'), jump: $('jump'), hint: $('hint'),
   notice: $('notice'), typing: $('typing'), counter: $('counter'), newStranger: $('new'),
   skip: $('skip'), message: $('message'), send: $('send'),
+  adult: $('adult'), tipReport: $('tip-report'), report: $('report'),
+  reportDialog: $('report-dialog'), reportForm: $('report-form'), reportCancel: $('report-cancel'),
+  contactWarning: $('contact-warning'), contactText: $('contact-text'),
+  contactEdit: $('contact-edit'), contactSend: $('contact-send'),
 };
 const HELP = el.interestsHelp.textContent;
 
-let state = { ...initialState(), hidden: isHidden() };
+// The 18+ tick: the one thing this notice keeps, under one key, and only once ticked.
+const ADULT_KEY = 'adult-ok';
+function storedAdult() {
+  try {
+    return localStorage.getItem(ADULT_KEY) === '1';
+  } catch {
+    return false; // storage off: ask again on each load
+  }
+}
+function rememberAdult(value) {
+  try {
+    if (value) localStorage.setItem(ADULT_KEY, '1');
+    else localStorage.removeItem(ADULT_KEY);
+  } catch { /* storage off */ }
+}
+
+let state = { ...initialState({ adult: storedAdult() }), hidden: isHidden() };
 const timers = new Map();
 const client = createClient({
   url: wsUrl(location),
@@ -43,7 +67,10 @@ function dispatch(action) {
 
 // ---- effects ---------------------------------------------------------------------------------
 
-const TIMER_ACTIONS = { esc: 'escExpire', typing: 'typingExpire', notice: 'noticeExpire', retryControl: 'retryControl' };
+const TIMER_ACTIONS = {
+  esc: 'escExpire', typing: 'typingExpire', notice: 'noticeExpire', retryControl: 'retryControl',
+  reportGrace: 'reportGraceExpire',
+};
 
 function run(fx) {
   switch (fx.type) {
@@ -61,13 +88,81 @@ function run(fx) {
       break;
     case 'alert': alertMatch(); break;
     case 'askNotify': askNotify(); break;
+    case 'rememberAdult': rememberAdult(fx.value); break;
+    case 'solve': startSolving(fx); break;
+    case 'cancelSolve': stopSolving(); break;
   }
+}
+
+// ---- proof of work: one job at a time, in a Web Worker -------------------------------------------
+
+let job = null; // {salt, worker?, cancelled}
+
+function stopSolving() {
+  if (!job) return;
+  job.cancelled = true;
+  job.worker?.terminate();
+  job = null;
+}
+
+function solved(current, pow) {
+  if (job !== current || current.cancelled) return;
+  stopSolving();
+  dispatch({ type: 'solved', salt: current.salt, pow });
+}
+
+/** The fallback when no worker can start: the same solver here, a batch per macrotask. */
+function solveHere(current, { salt, bits, from }) {
+  const subtle = globalThis.crypto?.subtle;
+  const pause = () => new Promise((r) => setTimeout(r, 0));
+  const pure = syncHasher(sha256);
+  const hasher = subtle
+    ? async (inputs) => { await pause(); return subtleHasher(subtle)(inputs); }
+    : async (inputs) => { await pause(); return pure(inputs); };
+  solve(salt, bits, hasher, { from, batch: subtle ? 256 : 64, shouldStop: () => current.cancelled })
+    .then((pow) => { if (pow !== null) solved(current, pow); })
+    .catch(() => {
+      if (current.cancelled) return;
+      solve(salt, bits, async (inputs) => { await pause(); return pure(inputs); }, { from, batch: 64, shouldStop: () => current.cancelled })
+        .then((pow) => { if (pow !== null) solved(current, pow); });
+    });
+}
+
+function startSolving(task) {
+  stopSolving();
+  const current = { salt: task.salt, cancelled: false };
+  job = current;
+  let worker;
+  try {
+    worker = new Worker(new URL('./pow-worker.js', import.meta.url), { type: 'module' });
+  } catch {
+    solveHere(current, task);
+    return;
+  }
+  current.worker = worker;
+  worker.onmessage = (e) => solved(current, e.data?.pow);
+  worker.onerror = (e) => {
+    e.preventDefault?.();
+    worker.terminate();
+    current.worker = null;
+    if (job === current && !current.cancelled) solveHere(current, task);
+  };
+  worker.postMessage({ salt: task.salt, bits: task.bits, from: task.from });
 }
 
 function focus(target) {
   const active = document.activeElement;
-  if (target === 'message') el.message.focus();
-  else if (target === 'start') el.start.focus();
+  if (target === 'message') {
+    if (!el.message.disabled) el.message.focus();
+  } else if (target === 'start') (el.start.disabled ? el.adult : el.start).focus();
+  else if (target === 'contactEdit') el.contactEdit.focus();
+  else if (target === 'afterReport') {
+    // Back where the user was: the Report button, else the Message box, else the status line.
+    if (!el.report.hidden) el.report.focus();
+    else if (!el.message.disabled) el.message.focus();
+    else if (!el.newStranger.hidden) el.newStranger.focus();
+    else el.status.focus({ preventScroll: true });
+  }
   else if (target === 'status') el.status.focus({ preventScroll: true });
   else if (target === 'ended') {
     // Not onto New stranger from the Message box: an Enter meant for Send would press it.
@@ -90,6 +185,9 @@ function render() {
   renderTags(s.interests);
   setText(el.interestsHelp, s.interestError ? TEXT[s.interestError] : HELP);
   el.interestsHelp.classList.toggle('error', Boolean(s.interestError));
+  el.adult.checked = s.adult;
+  el.start.disabled = !canStart(s);
+  el.tipReport.hidden = !hasFeature(s, 'report');
 
   setText(el.status, statusText(s));
   el.status.dataset.phase = s.phase;
@@ -105,9 +203,24 @@ function render() {
   el.newStranger.hidden = !offerNew;
   el.skip.hidden = offerNew;
   el.skip.disabled = !canSkip(s);
+  el.report.hidden = !canReport(s);
+  renderReportDialog(s);
+  el.contactWarning.hidden = s.contactWarning === null;
+  setText(el.contactText, s.contactWarning === null ? '' : TEXT.contactWarning);
   const title = titleText(s);
   if (document.title !== title) document.title = title;
   syncStatsPoll();
+}
+
+function renderReportDialog(s) {
+  const d = el.reportDialog;
+  if (s.reportDialog && !d.open) {
+    el.reportForm.elements.reason.value = 'other'; // the default reason, every time
+    d.showModal();
+    el.reportForm.querySelector('input[name="reason"]:checked')?.focus();
+  } else if (!s.reportDialog && d.open) {
+    d.close();
+  }
 }
 
 let tagsShown = '';
@@ -246,12 +359,27 @@ el.start.addEventListener('click', () => {
   }
   dispatch({ type: 'start' });
 });
+el.adult.addEventListener('change', () => dispatch({ type: 'adult', value: el.adult.checked }));
 el.skip.addEventListener('click', () => dispatch({ type: 'skip' }));
+el.report.addEventListener('click', () => dispatch({ type: 'reportOpen' }));
+el.reportForm.addEventListener('submit', (e) => {
+  e.preventDefault();
+  dispatch({ type: 'reportConfirm', reason: el.reportForm.elements.reason.value });
+});
+el.reportCancel.addEventListener('click', () => dispatch({ type: 'reportCancel' }));
+// Esc (the dialog's own cancel) and any other way it closes: the same as Cancel.
+el.reportDialog.addEventListener('close', () => {
+  if (state.reportDialog) dispatch({ type: 'reportCancel' });
+});
+el.contactEdit.addEventListener('click', () => dispatch({ type: 'editContact' }));
+el.contactSend.addEventListener('click', () =>
+  dispatch({ type: 'sendAnyway', allowed: client.canSendMessage() }));
 el.newStranger.addEventListener('click', () => dispatch({ type: 'newStranger' }));
 el.stop.addEventListener('click', () => dispatch({ type: 'stop' }));
 
 document.addEventListener('keydown', (e) => {
   if (e.key !== 'Escape' || e.isComposing || state.view !== 'chat') return;
+  if (el.reportDialog.open) return; // the dialog's own Esc cancels it
   e.preventDefault();
   dispatch({ type: 'esc' });
 });
@@ -297,17 +425,16 @@ function syncStatsPoll() {
 let audio = null;
 const canNotify = () => 'Notification' in window && Notification.permission === 'granted';
 
+let notifyAsked = false;
 function askNotify() {
-  // Called from the Start chatting click. Ask once, ever; never again after an answer.
+  // Called from the Start chatting click. Ask once per visit: the browser remembers an answer
+  // itself, and the page keeps nothing in storage but the 18+ tick (PROTOCOL.md, "Page").
   try {
     if (!audio && window.AudioContext) audio = new AudioContext();
     if (audio?.state === 'suspended') audio.resume().catch(() => {});
   } catch { /* no audio */ }
-  if (!('Notification' in window) || Notification.permission !== 'default') return;
-  try {
-    if (localStorage.getItem('notify-asked')) return;
-    localStorage.setItem('notify-asked', '1');
-  } catch { /* storage off: ask this once */ }
+  if (notifyAsked || !('Notification' in window) || Notification.permission !== 'default') return;
+  notifyAsked = true;
   Notification.requestPermission().catch(() => {});
 }
 

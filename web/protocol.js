@@ -4,6 +4,8 @@
 // codes, and the interest / message rules shared with the server. No DOM: WebSocket, timers,
 // clock and randomness are injected, so Node's test runner can drive it.
 
+import { parseChallenge } from './pow.js';
+
 export const MAX_TEXT_CHARS = 2000;
 export const MAX_INTERESTS = 10;
 export const MAX_INTEREST_CHARS = 32;
@@ -104,10 +106,19 @@ export function parseFrame(data) {
   }
   if (!f || typeof f !== 'object' || Array.isArray(f) || !str(f.type)) return null;
   switch (f.type) {
-    case 'hello':
-      return { type: 'hello', version: f.version, online: Number.isFinite(f.online) ? f.online : null };
+    case 'hello': {
+      // Safety extensions (PROTOCOL.md "Safety"): `features` (names this page does not know are
+      // kept and ignored) and `challenge` (only read when `features` has "pow").
+      const features = Array.isArray(f.features) ? f.features.filter(str) : [];
+      const challenge = features.includes('pow') ? parseChallenge(f.challenge) : null;
+      return {
+        type: 'hello', version: f.version, online: Number.isFinite(f.online) ? f.online : null,
+        features, challenge,
+      };
+    }
     case 'waiting':
     case 'idle':
+    case 'reported':
       return { type: f.type };
     case 'matched':
       return { type: 'matched', common: Array.isArray(f.common) ? f.common.filter(str) : [] };
@@ -118,19 +129,25 @@ export function parseFrame(data) {
     case 'left':
       return { type: 'left', reason: f.reason === 'skipped' ? 'skipped' : 'disconnected' };
     case 'error':
-      return str(f.code) ? { type: 'error', code: f.code, message: str(f.message) ? f.message : '' } : null;
+      if (!str(f.code)) return null;
+      return {
+        type: 'error', code: f.code, message: str(f.message) ? f.message : '',
+        // With `banned` only: whole seconds left, at least 1.
+        retryAfter: Number.isFinite(f.retry_after) && f.retry_after >= 1 ? Math.ceil(f.retry_after) : null,
+      };
     default:
       return null; // extensions may add types; this page ignores them
   }
 }
 
-const CONTROL = new Set(['find', 'skip', 'stop']);
+// `report` joins the control allowance (PROTOCOL.md, "Safety").
+const CONTROL = new Set(['find', 'skip', 'stop', 'report']);
 
 /**
  * The connection. `onEvent` gets {type:'frame', frame} for each server frame and
  * {type:'closed', code, kind} once per socket that ends without us asking.
  * The local allowance sits a little under the server's (5/s burst 20 for msg+typing,
- * 1/s burst 5 for find/skip/stop): frames beyond it wait in order instead of being refused.
+ * 1/s burst 5 for find/skip/stop/report): frames beyond it wait in order instead of being refused.
  */
 export function createClient({
   url,

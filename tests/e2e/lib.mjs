@@ -23,7 +23,21 @@ export const TEXT = {
   escHint: 'Press Esc again to skip.',
   tooFast: "You're sending messages too fast.",
   tooLong: 'That message is too long.',
+  // Safety (PROTOCOL.md "Page").
+  adult: 'I am 18 or older',
+  tips: [
+    'Strangers may lie about who they are.',
+    'Never share your name, phone, address, school or social handles.',
+    'You can leave at any time: Skip or Stop.',
+  ],
+  contactTitle: 'Share contact details?',
+  contactWarning:
+    'This looks like contact details. Strangers may not be who they say they are, and a phone ' +
+    'number, e-mail or handle lets them find you outside this chat.',
 };
+
+/** The localStorage key that remembers the 18+ tick (docs/ui-contract.md). */
+export const ADULT_KEY = 'adult-ok';
 
 const CHROMIUM_ARGS = [
   '--no-sandbox',
@@ -168,6 +182,12 @@ export class Stranger {
   get startButton() {
     return this.button('Start chatting');
   }
+  get adultBox() {
+    return this.page.getByRole('checkbox', { name: TEXT.adult, exact: true });
+  }
+  get contactWarning() {
+    return this.page.getByRole('alertdialog', { name: TEXT.contactTitle, exact: true });
+  }
   get messageBox() {
     return this.page.getByRole('textbox', { name: 'Message', exact: true });
   }
@@ -244,11 +264,20 @@ export class Stranger {
 export async function scenario(browser, env, body) {
   const server = await startServer(env);
   const strangers = [];
-  /** A new person with the site open; `beforeGoto(stranger)` runs before the page loads. */
-  const open = async (name, contextOptions = {}, { beforeGoto } = {}) => {
+  /**
+   * A new person with the site open; `beforeGoto(stranger)` runs before the page loads. Unless
+   * `adult` is false, the 18+ box counts as ticked on an earlier visit (its localStorage key is
+   * set before the page's scripts run), so Start chatting is enabled as before the notice.
+   */
+  const open = async (name, contextOptions = {}, { beforeGoto, adult = true } = {}) => {
     const context = await browser.newContext({ viewport: { width: 1024, height: 720 }, ...contextOptions });
     context.setDefaultTimeout(10_000);
     context.setDefaultNavigationTimeout(10_000);
+    if (adult) {
+      await context.addInitScript((key) => {
+        try { localStorage.setItem(key, '1'); } catch { /* about:blank has no storage */ }
+      }, ADULT_KEY);
+    }
     const page = await context.newPage();
     const stranger = new Stranger(name, context, page);
     strangers.push(stranger);

@@ -109,16 +109,48 @@ test('backoff doubles from 0.5 s to 15 s with jitter', () => {
 });
 
 test('parseFrame accepts server frames and ignores the rest', () => {
-  assert.deepEqual(parseFrame('{"type":"hello","version":1,"online":4}'), { type: 'hello', version: 1, online: 4 });
+  // Today's server: hello without features; the page reads "no extensions".
+  assert.deepEqual(parseFrame('{"type":"hello","version":1,"online":4}'), { type: 'hello', version: 1, online: 4, features: [], challenge: null });
   assert.deepEqual(parseFrame('{"type":"matched","common":["a",1]}'), { type: 'matched', common: ['a'] });
   assert.deepEqual(parseFrame('{"type":"matched"}'), { type: 'matched', common: [] });
   assert.deepEqual(parseFrame('{"type":"msg","text":"<i>x</i>","extra":1}'), { type: 'msg', text: '<i>x</i>' });
   assert.deepEqual(parseFrame('{"type":"typing","active":true}'), { type: 'typing', active: true });
   assert.deepEqual(parseFrame('{"type":"left","reason":"skipped"}'), { type: 'left', reason: 'skipped' });
-  assert.deepEqual(parseFrame('{"type":"error","code":"bad_state","message":"m"}'), { type: 'error', code: 'bad_state', message: 'm' });
+  assert.deepEqual(parseFrame('{"type":"error","code":"bad_state","message":"m"}'), { type: 'error', code: 'bad_state', message: 'm', retryAfter: null });
   for (const bad of ['nope', '[]', '{"type":7}', '{"type":"future"}', '{"type":"msg"}', 'null']) {
     assert.equal(parseFrame(bad), null, bad);
   }
+});
+
+test('parseFrame: the safety extensions (features, challenge, reported, banned)', () => {
+  const salt = '5f'.repeat(32);
+  const challenge = { alg: 'sha256-lzb', salt, bits: 10 };
+  assert.deepEqual(
+    parseFrame(JSON.stringify({ type: 'hello', version: 1, online: 7, features: ['report', 'pow', 'future', 3], challenge })),
+    { type: 'hello', version: 1, online: 7, features: ['report', 'pow', 'future'], challenge: { salt, bits: 10 } },
+  );
+  // A challenge is read only when features has "pow", and only a well-formed one.
+  assert.equal(parseFrame(JSON.stringify({ type: 'hello', version: 1, online: 1, features: ['report'], challenge })).challenge, null);
+  assert.equal(parseFrame(JSON.stringify({ type: 'hello', version: 1, online: 1, features: ['pow'], challenge: { ...challenge, alg: 'x' } })).challenge, null);
+  assert.deepEqual(parseFrame(JSON.stringify({ type: 'hello', version: 1, online: 1, features: 'pow' })).features, []);
+  assert.deepEqual(parseFrame('{"type":"reported"}'), { type: 'reported' });
+  assert.deepEqual(
+    parseFrame('{"type":"error","code":"banned","message":"m","retry_after":3541}'),
+    { type: 'error', code: 'banned', message: 'm', retryAfter: 3541 },
+  );
+  assert.equal(parseFrame('{"type":"error","code":"banned","retry_after":0}').retryAfter, null);
+  assert.equal(parseFrame('{"type":"error","code":"banned","retry_after":"60"}').retryAfter, null);
+  assert.deepEqual(parseFrame('{"type":"error","code":"pow_invalid"}'), { type: 'error', code: 'pow_invalid', message: '', retryAfter: null });
+});
+
+test('report counts against the control allowance, like find, skip and stop', () => {
+  const { client, last } = setup();
+  client.connect();
+  last().open();
+  for (let i = 0; i < 6; i++) client.send({ type: 'report', reason: 'spam' });
+  assert.equal(last().sent.length, 4, 'control burst 4');
+  client.send({ type: 'msg', text: 'still goes' });
+  assert.equal(last().sent.length, 4, 'in order: behind the waiting reports');
 });
 
 test('token bucket', () => {
@@ -142,7 +174,7 @@ test('connects to the url, delivers frames, sends JSON commands', () => {
   last().frame({ type: 'hello', version: 1, online: 2 });
   last().frame('garbage');
   last().frame({ type: 'unknown-extension' });
-  assert.deepEqual(events, [{ type: 'frame', frame: { type: 'hello', version: 1, online: 2 } }]);
+  assert.deepEqual(events, [{ type: 'frame', frame: { type: 'hello', version: 1, online: 2, features: [], challenge: null } }]);
   assert.equal(client.send({ type: 'find', interests: ['a'] }), true);
   client.send({ type: 'msg', text: 'hi\ud800' });
   assert.deepEqual(last().sent, [{ type: 'find', interests: ['a'] }, { type: 'msg', text: 'hi\ufffd' }]);

@@ -21,10 +21,12 @@ function run(state, ...actions) {
 const sent = (effects) => effects.filter((e) => e.type === 'send').map((e) => e.frame);
 const srv = (frame, now = 0) => ({ type: 'server', frame, now });
 const hello = srv({ type: 'hello', version: 1, online: 3 });
+/** A page whose 18+ box is ticked (remembered, or ticked just now). */
+const ready = () => initialState({ adult: true });
 
 /** A page that clicked Start, got hello, waiting and matched. */
 function chatting(common = []) {
-  return run(initialState(), { type: 'start' }, hello, srv({ type: 'waiting' }), srv({ type: 'matched', common })).state;
+  return run(ready(), { type: 'start' }, hello, srv({ type: 'waiting' }), srv({ type: 'matched', common })).state;
 }
 
 test('initial state is the landing view', () => {
@@ -36,7 +38,7 @@ test('initial state is the landing view', () => {
 });
 
 test('start connects, hello sends find, waiting, matched, messages, left', () => {
-  let r = run(initialState(), { type: 'start' });
+  let r = run(ready(), { type: 'start' });
   assert.equal(r.state.view, 'chat');
   assert.equal(r.state.phase, 'waiting');
   assert.equal(statusText(r.state), 'Looking for a stranger…');
@@ -98,7 +100,7 @@ test('matched names shared interests', () => {
 });
 
 test('find carries the interests', () => {
-  let s = run(initialState(), { type: 'setInterests', list: ['music', 'chess'] }).state;
+  let s = run(ready(), { type: 'setInterests', list: ['music', 'chess'] }).state;
   const r = run(s, { type: 'start' }, hello);
   assert.deepEqual(sent(r.effects), [{ type: 'find', interests: ['music', 'chess'] }]);
 });
@@ -128,7 +130,7 @@ test('skip while chatting: "You skipped." until the next match', () => {
 });
 
 test('skip while waiting skips again; skip after the partner left finds', () => {
-  let s = run(initialState(), { type: 'start' }, hello, srv({ type: 'waiting' })).state;
+  let s = run(ready(), { type: 'start' }, hello, srv({ type: 'waiting' })).state;
   let r = run(s, { type: 'skip' });
   assert.deepEqual(sent(r.effects), [{ type: 'skip' }]);
   assert.equal(statusText(r.state), 'Looking for a stranger…');
@@ -198,11 +200,11 @@ test('esc confirmation expires after 3 s', () => {
 });
 
 test('one esc skips while waiting; esc after the end starts a new chat; esc on landing does nothing', () => {
-  let s = run(initialState(), { type: 'start' }, hello, srv({ type: 'waiting' })).state;
+  let s = run(ready(), { type: 'start' }, hello, srv({ type: 'waiting' })).state;
   assert.deepEqual(sent(run(s, { type: 'esc', now: 0 }).effects), [{ type: 'skip' }]);
   s = run(chatting(), srv({ type: 'left', reason: 'skipped' })).state;
   assert.deepEqual(sent(run(s, { type: 'esc', now: 0 }).effects), [{ type: 'find' }]);
-  assert.deepEqual(run(initialState(), { type: 'esc', now: 0 }).effects, []);
+  assert.deepEqual(run(ready(), { type: 'esc', now: 0 }).effects, []);
 });
 
 test('typing: true once when the user starts, false after a 2 s pause', () => {
@@ -233,7 +235,7 @@ test('typing: false on send, and when the box is emptied', () => {
   r = run(chatting(), { type: 'input', text: '  ', now: 0 });
   assert.deepEqual(sent(r.effects), []);
   // Not chatting: nothing is sent.
-  r = run(initialState(), { type: 'input', text: 'x', now: 0 });
+  r = run(ready(), { type: 'input', text: 'x', now: 0 });
   assert.deepEqual(r.effects, []);
 });
 
@@ -289,10 +291,10 @@ test('unread messages are counted while the tab is hidden', () => {
 });
 
 test('a new match while hidden asks for the alert (sound and notification)', () => {
-  let s = run(initialState(), { type: 'start' }, hello, srv({ type: 'waiting' }), { type: 'visibility', hidden: true }).state;
+  let s = run(ready(), { type: 'start' }, hello, srv({ type: 'waiting' }), { type: 'visibility', hidden: true }).state;
   let r = run(s, srv({ type: 'matched', common: [] }));
   assert.ok(r.effects.some((e) => e.type === 'alert'));
-  s = run(initialState(), { type: 'start' }, hello, srv({ type: 'waiting' })).state;
+  s = run(ready(), { type: 'start' }, hello, srv({ type: 'waiting' })).state;
   r = run(s, srv({ type: 'matched', common: [] }));
   assert.ok(!r.effects.some((e) => e.type === 'alert'));
 });
@@ -329,7 +331,7 @@ test('close 1013 and 1008: say why, no automatic reconnect, New stranger offered
     assert.equal(statusText(again.state), 'Looking for a stranger…');
   }
   // 1013 right at Start chatting.
-  const r = run(initialState(), { type: 'start' }, { type: 'closed', kind: 'busy' });
+  const r = run(ready(), { type: 'start' }, { type: 'closed', kind: 'busy' });
   assert.equal(statusText(r.state), TEXT.busy);
 });
 
@@ -357,12 +359,12 @@ test('lost connection: says so, ends the chat, New stranger looks again (retryin
 });
 
 test('the page connects on load; a socket closing on the landing view or after the chat ended reconnects quietly', () => {
-  assert.deepEqual(run(initialState(), { type: 'init' }).effects, [{ type: 'connect' }]);
+  assert.deepEqual(run(ready(), { type: 'init' }).effects, [{ type: 'connect' }]);
   let r = run(chatting(), { type: 'stop' }, { type: 'closed', kind: 'restarting' });
   assert.equal(r.state.view, 'landing');
   assert.equal(statusText(r.state), '');
   assert.deepEqual(r.effects.filter((e) => e.type === 'reconnect'), [{ type: 'reconnect' }]);
-  r = run(initialState(), { type: 'closed', kind: 'busy' });
+  r = run(ready(), { type: 'closed', kind: 'busy' });
   assert.deepEqual(r.effects, [], 'after 1013, only when the user asks');
   r = run(chatting(), srv({ type: 'left', reason: 'disconnected' }), { type: 'closed', kind: 'lost' });
   assert.equal(statusText(r.state), 'Stranger has disconnected.');
@@ -397,7 +399,7 @@ test('interests: normalised like the server, comma and Enter, at most 10, no dup
   r = takeInterests(ten, 't3', true);
   assert.equal(r.error, null, 'a duplicate is simply ignored');
   // The reducer keeps them and removes on request.
-  let s = run(initialState(), { type: 'setInterests', list: ['a', 'b'] }, { type: 'removeInterest', tag: 'a' }).state;
+  let s = run(ready(), { type: 'setInterests', list: ['a', 'b'] }, { type: 'removeInterest', tag: 'a' }).state;
   assert.deepEqual(s.interests, ['b']);
 });
 
