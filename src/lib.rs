@@ -22,9 +22,11 @@ pub mod config;
 pub mod limits;
 pub mod matchmaker;
 pub mod metrics;
+pub mod pow;
 pub mod protocol;
 pub mod relay;
 pub mod routes;
+pub mod safety;
 pub mod session;
 
 use std::future::Future;
