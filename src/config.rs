@@ -7,6 +7,8 @@
 use std::time::Duration;
 
 use clap::Parser;
+
+use crate::safety::SafetySettings;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 
 /// Everything the server can be told at start-up. `Config::default()` is the embedded default
@@ -81,6 +83,60 @@ pub struct Config {
     /// Log filter (tracing's `EnvFilter` syntax, e.g. `info` or `stranger_relay=debug`).
     #[arg(long = "log", env = "RUST_LOG", default_value = "info", value_parser = log_filter)]
     pub log: String,
+
+    // Safety (PROTOCOL.md, "Safety: reports, bans, proof of work").
+    /// `on` or `off`: whether users may report their partner (the `report` feature).
+    #[arg(long, env = "REPORTS", default_value = "on", value_parser = on_off)]
+    pub reports: OnOff,
+    /// Seconds after a room ended during which its partner can still be reported.
+    #[arg(long, env = "REPORT_GRACE_SECS", default_value_t = 60.0, value_parser = non_negative_f64)]
+    pub report_grace_secs: f64,
+    /// Seconds during which a reported pair of addresses is never matched again.
+    #[arg(long, env = "PAIR_BLOCK_SECS", default_value_t = 86400.0, value_parser = non_negative_f64)]
+    pub pair_block_secs: f64,
+    /// Window, in seconds, for counting strikes and a reporter's quota.
+    #[arg(long, env = "STRIKE_WINDOW_SECS", default_value_t = 3600.0, value_parser = positive_f64)]
+    pub strike_window_secs: f64,
+    /// Strikes from distinct reporters within the window that ban an address.
+    #[arg(long, env = "BAN_STRIKES", default_value_t = 3, value_parser = positive_u32)]
+    pub ban_strikes: u32,
+    /// Counted strikes one reporter address may give within the window.
+    #[arg(long, env = "REPORTER_MAX_STRIKES", default_value_t = 10)]
+    pub reporter_max_strikes: u32,
+    /// Seconds of the first ban; each further ban within BAN_MAX_SECS of the last doubles it.
+    #[arg(long, env = "BAN_SECS", default_value_t = 3600.0, value_parser = positive_f64)]
+    pub ban_secs: f64,
+    /// Longest ban in seconds, and how long past bans are remembered.
+    #[arg(long, env = "BAN_MAX_SECS", default_value_t = 86400.0, value_parser = positive_f64)]
+    pub ban_max_secs: f64,
+    /// Seconds between rotations of the key that hashes addresses (nothing outlives two).
+    #[arg(long, env = "SAFETY_KEY_ROTATE_SECS", default_value_t = 86400.0, value_parser = positive_f64)]
+    pub safety_key_rotate_secs: f64,
+    /// Entries per in-memory safety table (strikes, bans, pair blocks, connection times).
+    #[arg(long, env = "SAFETY_TABLE_MAX", default_value_t = 100_000)]
+    pub safety_table_max: usize,
+    /// Highest proof-of-work difficulty in bits; 0 turns proof of work off.
+    #[arg(long, env = "POW_MAX_BITS", default_value_t = 16)]
+    pub pow_max_bits: u32,
+    /// Difficulty once an address is no longer in good standing.
+    #[arg(long, env = "POW_BASE_BITS", default_value_t = 10)]
+    pub pow_base_bits: u32,
+    /// Connections a minute an address may open at difficulty 0 (0: every one pays).
+    #[arg(long, env = "POW_FREE_CONNS_PER_MIN", default_value_t = 6)]
+    pub pow_free_conns_per_min: u32,
+    /// Difficulty added per strike the address holds.
+    #[arg(long, env = "POW_BITS_PER_STRIKE", default_value_t = 3)]
+    pub pow_bits_per_strike: u32,
+}
+
+/// `on` or `off` (also `true`/`false`, `1`/`0`), as a setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnOff(pub bool);
+
+impl std::fmt::Display for OnOff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0 { "on" } else { "off" })
+    }
 }
 
 impl Default for Config {
@@ -107,6 +163,20 @@ impl Default for Config {
             trust_proxy_header: None,
             worker_threads: 1,
             log: "info".into(),
+            reports: OnOff(true),
+            report_grace_secs: 60.0,
+            pair_block_secs: 86400.0,
+            strike_window_secs: 3600.0,
+            ban_strikes: 3,
+            reporter_max_strikes: 10,
+            ban_secs: 3600.0,
+            ban_max_secs: 86400.0,
+            safety_key_rotate_secs: 86400.0,
+            safety_table_max: 100_000,
+            pow_max_bits: 16,
+            pow_base_bits: 10,
+            pow_free_conns_per_min: 6,
+            pow_bits_per_strike: 3,
         }
     }
 }
@@ -119,6 +189,10 @@ impl Config {
             // `TRUST_PROXY_HEADER=` (empty) means unset, as a shell user would expect.
             Ok(mut config) => {
                 config.trust_proxy_header.take_if(|h| h.is_empty());
+                if let Err(invalid) = config.safety().validate() {
+                    eprintln!("stranger-relay: {invalid}");
+                    std::process::exit(2);
+                }
                 config
             }
             Err(err) => match err.kind() {
@@ -145,6 +219,27 @@ impl Config {
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs_f64(self.shutdown_grace_secs)
+    }
+
+    /// The safety settings as the rules in [`crate::safety`] take them.
+    pub fn safety(&self) -> SafetySettings {
+        let secs = Duration::from_secs_f64;
+        SafetySettings {
+            reports: self.reports.0,
+            report_grace: secs(self.report_grace_secs),
+            pair_block: secs(self.pair_block_secs),
+            strike_window: secs(self.strike_window_secs),
+            ban_strikes: self.ban_strikes,
+            reporter_max_strikes: self.reporter_max_strikes,
+            ban: secs(self.ban_secs),
+            ban_max: secs(self.ban_max_secs),
+            key_rotate: secs(self.safety_key_rotate_secs),
+            table_max: self.safety_table_max,
+            pow_max_bits: self.pow_max_bits,
+            pow_base_bits: self.pow_base_bits,
+            pow_free_conns_per_min: self.pow_free_conns_per_min,
+            pow_bits_per_strike: self.pow_bits_per_strike,
+        }
     }
 }
 
@@ -259,6 +354,14 @@ fn log_filter(s: &str) -> Result<String, String> {
         .map_err(|e| format!("not a log filter: {e}"))
 }
 
+fn on_off(s: &str) -> Result<OnOff, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(OnOff(true)),
+        "off" | "false" | "0" | "no" => Ok(OnOff(false)),
+        _ => Err("must be on or off".into()),
+    }
+}
+
 fn header_name(s: &str) -> Result<String, String> {
     let s = s.trim();
     if s.is_empty() {
@@ -286,6 +389,20 @@ mod tests {
         let line = one_line_error(&err);
         assert!(line.contains("MSG_RATE"), "{line}");
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn safety_settings_default_to_the_protocols_and_are_validated() {
+        assert_eq!(Config::default().safety(), SafetySettings::default());
+        let c = Config::try_parse_from(["x", "--reports", "off", "--pow-max-bits", "0"]).unwrap();
+        assert!(!c.safety().reports && !c.safety().pow_enabled());
+        let c = Config::try_parse_from(["x", "--ban-max-secs", "90000"]).unwrap();
+        let invalid = c.safety().validate().unwrap_err();
+        assert_eq!(invalid.setting, "BAN_MAX_SECS");
+        let err = Config::try_parse_from(["x", "--reports", "maybe"]).unwrap_err();
+        assert!(one_line_error(&err).contains("REPORTS"));
+        let err = Config::try_parse_from(["x", "--ban-strikes", "0"]).unwrap_err();
+        assert!(one_line_error(&err).contains("BAN_STRIKES"));
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - [`relay`]: peers, rooms, the lobby that ties the matchmaker to sockets;
 //! - [`session`]: the task of one WebSocket connection;
 //! - [`limits`]: rate limits, connection caps, the client address;
+//! - [`standing`]: an address's strikes, bans, pair blocks and proof of work, under the rules
+//!   of [`safety`] and [`pow`];
 //! - [`routes`]: the HTTP surface and the WebSocket upgrade;
 //! - [`assets`]: the embedded page and the security headers;
 //! - [`metrics`], [`config`];
@@ -28,6 +30,7 @@ pub mod relay;
 pub mod routes;
 pub mod safety;
 pub mod session;
+pub mod standing;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,6 +52,7 @@ use crate::matchmaker::Matchmaker;
 use crate::metrics::Metrics;
 use crate::relay::Lobby;
 use crate::routes::{PeerAddr, PendingUpgrade};
+use crate::standing::Standing;
 
 /// The crate's error type: start-up and I/O failures, reported, never matched on.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -82,6 +86,8 @@ pub struct AppState {
     pub tasks: TaskTracker,
     /// The one clock of every rate limiter (see [`limits::Clock`]).
     pub clock: limits::Clock,
+    /// Reports, bans, pair blocks and proof of work (the safety extension).
+    pub standing: Arc<Standing>,
 }
 
 impl AppState {
@@ -89,8 +95,10 @@ impl AppState {
         let metrics = Arc::new(Metrics::new());
         let matchmaker = Matchmaker::new(config.interest_wait(), config.rematch_cooldown());
         let limits = ConnectionLimits::new(&config).cap_total(descriptor_cap(&config));
+        let standing = Arc::new(Standing::single_node(config.safety()));
         Arc::new(AppState {
-            lobby: Lobby::new(matchmaker, metrics.clone()),
+            lobby: Lobby::new(matchmaker, metrics.clone(), standing.clone()),
+            standing,
             limits: Arc::new(limits),
             metrics,
             config,
@@ -245,7 +253,10 @@ async fn run_timers(state: Arc<AppState>) {
     loop {
         tokio::select! {
             _ = tick.tick() => state.lobby.tick(),
-            _ = forget.tick() => state.limits.forget_idle_addresses(),
+            _ = forget.tick() => {
+                state.limits.forget_idle_addresses();
+                state.standing.purge();
+            }
         }
     }
 }

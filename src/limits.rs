@@ -194,6 +194,13 @@ impl ConnectionLimits {
     }
 }
 
+impl ConnectionPermit {
+    /// The client address the connection was admitted for.
+    pub fn address(&self) -> IpAddr {
+        self.address
+    }
+}
+
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         if let Some(mut count) = self.limits.per_address.get_mut(&self.address) {

@@ -10,13 +10,27 @@
 //! - after `interest_wait` without such a partner it is open to anyone and pairs with the
 //!   longest-waiting session also open to anyone; a session without interests is open at once;
 //! - two sessions whose room just ended are not paired again within `cooldown`;
+//! - two sessions that the caller says are blocked (a pair block of the safety extension) are
+//!   never paired, exactly like a cooldown; [`Matchmaker::rematch`] pairs who became compatible
+//!   when a block ended;
 //! - [`Matchmaker::tick`] makes the pairings that a timer's end makes possible.
+//!
+//! The block is a predicate passed to each pairing call (`*_with`), since it is about client
+//! addresses, which the matchmaker never sees; the plain calls pass "never blocked".
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 /// A session's identity, unique for the server's lifetime.
 pub type SessionId = u64;
+
+/// Whether two sessions may not be paired (a pair block); see the module documentation.
+pub type Blocked<'a> = &'a dyn Fn(SessionId, SessionId) -> bool;
+
+/// The predicate of the plain calls: no pair is blocked.
+pub fn never_blocked(_: SessionId, _: SessionId) -> bool {
+    false
+}
 /// A room's identity, unique for the server's lifetime.
 pub type RoomId = u64;
 
@@ -148,6 +162,17 @@ impl Matchmaker {
         interests: Vec<String>,
         now: Instant,
     ) -> Result<Option<Pairing>, BadState> {
+        self.find_with(id, interests, now, &never_blocked)
+    }
+
+    /// [`Matchmaker::find`], never pairing a `blocked` pair.
+    pub fn find_with(
+        &mut self,
+        id: SessionId,
+        interests: Vec<String>,
+        now: Instant,
+        blocked: Blocked<'_>,
+    ) -> Result<Option<Pairing>, BadState> {
         let session = self.sessions.get_mut(&id).ok_or(BadState)?;
         if !matches!(session.status, Status::Idle) {
             return Err(BadState);
@@ -161,15 +186,25 @@ impl Matchmaker {
         }
         session.interests = unique;
         self.enqueue(id, now);
-        Ok(self.try_pair(id, now))
+        Ok(self.try_pair(id, now, blocked))
     }
 
     /// `skip`: leave the partner or the queue and queue again at the back, same interests, fresh
     /// interest wait.
     pub fn skip(&mut self, id: SessionId, now: Instant) -> Result<SkipOutcome, BadState> {
+        self.skip_with(id, now, &never_blocked)
+    }
+
+    /// [`Matchmaker::skip`], never pairing a `blocked` pair.
+    pub fn skip_with(
+        &mut self,
+        id: SessionId,
+        now: Instant,
+        blocked: Blocked<'_>,
+    ) -> Result<SkipOutcome, BadState> {
         let departure = self.leave(id, now)?;
         self.enqueue(id, now);
-        let pairing = self.try_pair(id, now);
+        let pairing = self.try_pair(id, now, blocked);
         Ok(SkipOutcome { departure, pairing })
     }
 
@@ -207,6 +242,11 @@ impl Matchmaker {
     /// Opens the sessions whose interest wait ended, forgets the cooldowns that ended, and pairs
     /// the waiting sessions that became compatible, longest-waiting first.
     pub fn tick(&mut self, now: Instant) -> Vec<Pairing> {
+        self.tick_with(now, &never_blocked)
+    }
+
+    /// [`Matchmaker::tick`], never pairing a `blocked` pair.
+    pub fn tick_with(&mut self, now: Instant, blocked: Blocked<'_>) -> Vec<Pairing> {
         let mut candidates: BTreeSet<u64> = BTreeSet::new();
         while let Some(&(at, seq)) = self.opens_at.first() {
             if at > now {
@@ -238,11 +278,28 @@ impl Matchmaker {
                 }
             }
         }
+        self.pair_candidates(candidates, now, blocked)
+    }
+
+    /// A pair block ended: pairs the waiting sessions that became compatible, longest-waiting
+    /// first (as [`Matchmaker::tick`] does when a cooldown ends; the matchmaker does not know
+    /// which sessions the block was about, so it looks at every waiting one).
+    pub fn rematch(&mut self, now: Instant, blocked: Blocked<'_>) -> Vec<Pairing> {
+        let everyone: BTreeSet<u64> = self.queue.keys().copied().collect();
+        self.pair_candidates(everyone, now, blocked)
+    }
+
+    fn pair_candidates(
+        &mut self,
+        candidates: BTreeSet<u64>,
+        now: Instant,
+        blocked: Blocked<'_>,
+    ) -> Vec<Pairing> {
         let mut pairings = Vec::new();
         for seq in candidates {
             // An earlier candidate may have taken this one.
             if let Some(&id) = self.queue.get(&seq) {
-                pairings.extend(self.try_pair(id, now));
+                pairings.extend(self.try_pair(id, now, blocked));
             }
         }
         pairings
@@ -325,12 +382,15 @@ impl Matchmaker {
     }
 
     /// Pairs the waiting session `id` with its best partner, if there is one.
-    fn try_pair(&mut self, id: SessionId, now: Instant) -> Option<Pairing> {
+    fn try_pair(&mut self, id: SessionId, now: Instant, blocked: Blocked<'_>) -> Option<Pairing> {
         let session = self.sessions.get(&id)?;
         let Status::Waiting { seq: own_seq, open } = session.status else {
             return None;
         };
-        let eligible = |seq: &&u64| **seq != own_seq && !self.cooling(id, self.queue[*seq], now);
+        let eligible = |seq: &&u64| {
+            let other = self.queue[*seq];
+            **seq != own_seq && !self.cooling(id, other, now) && !blocked(id, other)
+        };
         let by_interest = session
             .interests
             .iter()
@@ -446,6 +506,17 @@ impl Matchmaker {
     /// settled. For tests.
     #[doc(hidden)]
     pub fn compatible_waiting_pair(&self, now: Instant) -> Option<(SessionId, SessionId)> {
+        self.compatible_waiting_pair_with(now, &never_blocked)
+    }
+
+    /// [`Matchmaker::compatible_waiting_pair`] where `blocked` pairs are not compatible. For
+    /// tests.
+    #[doc(hidden)]
+    pub fn compatible_waiting_pair_with(
+        &self,
+        now: Instant,
+        blocked: Blocked<'_>,
+    ) -> Option<(SessionId, SessionId)> {
         let waiting: Vec<(SessionId, &Session, bool)> = self
             .queue
             .values()
@@ -460,7 +531,8 @@ impl Matchmaker {
         for (i, (a, sa, open_a)) in waiting.iter().enumerate() {
             for (b, sb, open_b) in &waiting[i + 1..] {
                 let share = sa.interests.iter().any(|x| sb.interests.contains(x));
-                if (share || (*open_a && *open_b)) && !self.cooling(*a, *b, now) {
+                if (share || (*open_a && *open_b)) && !self.cooling(*a, *b, now) && !blocked(*a, *b)
+                {
                     return Some((*a, *b));
                 }
             }

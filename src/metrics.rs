@@ -11,7 +11,8 @@
 
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, ReportReason};
+use crate::safety::{Evictions, NotCounted, ReportOutcome};
 
 /// The `Content-Type` of `/metrics`.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -53,12 +54,32 @@ impl RefusedReason {
 /// Close codes counted in `relay_closes_total{code}`; 1006 stands for a socket that ended
 /// without a close frame.
 const CLOSE_CODES: [u16; 10] = [1000, 1001, 1003, 1005, 1006, 1007, 1008, 1009, 1012, 1013];
-const ERROR_CODES: [ErrorCode; 4] = [
+const ERROR_CODES: [ErrorCode; 7] = [
     ErrorCode::BadRequest,
     ErrorCode::BadState,
     ErrorCode::TooLong,
     ErrorCode::RateLimited,
+    ErrorCode::Banned,
+    ErrorCode::PowRequired,
+    ErrorCode::PowInvalid,
 ];
+
+/// The safety counters and gauges (PROTOCOL.md, "Metrics (additions)").
+#[derive(Debug)]
+pub struct SafetyMetrics {
+    reports: IntCounterVec,
+    not_counted: IntCounterVec,
+    bans: IntCounter,
+    challenges_required: IntCounter,
+    challenges_free: IntCounter,
+    pow_bits: IntCounter,
+    evictions: IntCounterVec,
+    bans_active: IntGauge,
+    pair_blocks: IntGauge,
+}
+
+/// What the safety gauges read at scrape time: bans in force, pair blocks, evictions so far.
+pub type SafetyGauges = (usize, usize, Evictions);
 
 /// Every metric the server keeps.
 #[derive(Debug)]
@@ -70,7 +91,13 @@ pub struct Metrics {
     pub messages_relayed: IntCounter,
     pub relayed_bytes: IntCounter,
     pub typing_relayed: IntCounter,
-    errors: [IntCounter; 4],
+    errors: [IntCounter; 7],
+    safety: SafetyMetrics,
+    /// `relay_pow_solved_total`: sessions admitted by a solution (B > 0).
+    pub pow_solved: IntCounter,
+    /// `relay_pow_failures_total{reason="missing"}` and `{reason="invalid"}`.
+    pub pow_missing: IntCounter,
+    pub pow_invalid: IntCounter,
     /// `relay_rate_limited_total{bucket="msg"}` and `{bucket="control"}`.
     pub rate_limited_msg: IntCounter,
     pub rate_limited_control: IntCounter,
@@ -143,7 +170,73 @@ impl Metrics {
         for code in CLOSE_CODES {
             closes.with_label_values(&[close_label(code)]);
         }
+        let reports = IntCounterVec::new(
+            Opts::new(
+                "relay_reports_total",
+                "Reports accepted, by reason and counted",
+            ),
+            &["reason", "counted"],
+        )
+        .expect("valid metric name");
+        registry
+            .register(Box::new(reports.clone()))
+            .expect("registered once");
+        for reason in ReportReason::ALL {
+            for counted in ["yes", "no"] {
+                reports.with_label_values(&[reason.as_str(), counted]);
+            }
+        }
+        let not_counted = family(
+            "relay_reports_not_counted_total",
+            "Reports that gave no strike, by why",
+            "why",
+        );
+        for why in NotCounted::ALL {
+            not_counted.with_label_values(&[why.as_str()]);
+        }
+        let challenges = family(
+            "relay_pow_challenges_total",
+            "Challenges issued in hello, by whether work is required",
+            "required",
+        );
+        let failures = family(
+            "relay_pow_failures_total",
+            "find refused for its proof of work, by reason",
+            "reason",
+        );
+        let evictions = family(
+            "relay_safety_evictions_total",
+            "Safety table entries evicted because the table was full",
+            "table",
+        );
+        for (table, _) in Evictions::default().by_table() {
+            evictions.with_label_values(&[table]);
+        }
+        let safety = SafetyMetrics {
+            reports,
+            not_counted,
+            bans: counter("relay_bans_total", "Bans this node imposed"),
+            challenges_required: challenges.with_label_values(&["yes"]),
+            challenges_free: challenges.with_label_values(&["no"]),
+            pow_bits: counter(
+                "relay_pow_bits_total",
+                "Sum of the difficulty of challenges issued",
+            ),
+            evictions,
+            bans_active: gauge("relay_bans_active", "Bans in force in this node's memory"),
+            pair_blocks: gauge(
+                "relay_pair_blocks",
+                "Pair blocks in force in this node's memory",
+            ),
+        };
         Metrics {
+            safety,
+            pow_solved: counter(
+                "relay_pow_solved_total",
+                "Sessions admitted by a proof of work",
+            ),
+            pow_missing: failures.with_label_values(&["missing"]),
+            pow_invalid: failures.with_label_values(&["invalid"]),
             connections,
             refused,
             matches,
@@ -185,12 +278,45 @@ impl Metrics {
         self.errors[index].inc();
     }
 
+    /// A challenge of `bits` was issued in `hello`.
+    pub fn challenge(&self, bits: u8) {
+        let safety = &self.safety;
+        if bits > 0 {
+            safety.challenges_required.inc();
+        } else {
+            safety.challenges_free.inc();
+        }
+        safety.pow_bits.inc_by(u64::from(bits));
+    }
+
+    /// A report was accepted with this outcome.
+    pub fn reported(&self, reason: ReportReason, outcome: ReportOutcome) {
+        let safety = &self.safety;
+        safety
+            .reports
+            .with_label_values(&[reason.as_str(), outcome.counted_label()])
+            .inc();
+        if let Some(why) = outcome.not_counted() {
+            safety.not_counted.with_label_values(&[why.as_str()]).inc();
+        }
+        if outcome.ban().is_some() {
+            safety.bans.inc();
+        }
+    }
+
     pub fn closed(&self, code: u16) {
         self.closes.with_label_values(&[close_label(code)]).inc();
     }
 
     /// The exposition text, with the gauges read now.
-    pub fn render(&self, stats: Stats) -> String {
+    pub fn render(&self, stats: Stats, safety: SafetyGauges) -> String {
+        let (bans_active, pair_blocks, evictions) = safety;
+        self.safety.bans_active.set(bans_active as i64);
+        self.safety.pair_blocks.set(pair_blocks as i64);
+        for (table, total) in evictions.by_table() {
+            let counter = self.safety.evictions.with_label_values(&[table]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
         self.online.set(stats.online as i64);
         self.waiting.set(stats.waiting as i64);
         self.rooms.set(stats.rooms as i64);
@@ -242,11 +368,14 @@ mod tests {
         m.refused(RefusedReason::RateLimit);
         m.error(ErrorCode::TooLong);
         m.closed(1009);
-        let text = m.render(Stats {
-            online: 3,
-            waiting: 1,
-            rooms: 1,
-        });
+        let text = m.render(
+            Stats {
+                online: 3,
+                waiting: 1,
+                rooms: 1,
+            },
+            (0, 0, Evictions::default()),
+        );
         assert!(
             text.contains("# TYPE relay_connections_total counter"),
             "{text}"

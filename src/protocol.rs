@@ -4,8 +4,12 @@
 //! A client frame is read in two steps because the protocol orders its checks: the frame's
 //! `type` decides which allowance it is charged to and whether the session's state allows it,
 //! and only then are its fields validated. [`Envelope`] is the first step (borrowed from the
-//! socket's buffer, no copy); [`Envelope::text`], [`Envelope::active`] and
-//! [`Envelope::interests`] are the second.
+//! socket's buffer, no copy); [`Envelope::text`], [`Envelope::active`],
+//! [`Envelope::interests`], [`Envelope::pow`] and [`Envelope::reason`] are the second.
+//!
+//! The safety extension (PROTOCOL.md, "Safety: reports, bans, proof of work") adds `report`,
+//! `find`'s `pow`, `reported`, the `features` and `challenge` of `hello`, three error codes and
+//! `retry_after`; a server with both features off sends exactly the v1 frames.
 
 use std::borrow::Cow;
 
@@ -32,6 +36,8 @@ pub enum Command {
     Skip,
     /// Leave the partner or the queue and go idle (waiting, chatting).
     Stop,
+    /// Report the partner of the current or the last room (safety extension).
+    Report,
 }
 
 impl Command {
@@ -42,6 +48,7 @@ impl Command {
             "typing" => Command::Typing,
             "skip" => Command::Skip,
             "stop" => Command::Stop,
+            "report" => Command::Report,
             _ => return None,
         })
     }
@@ -69,6 +76,10 @@ struct RawFields<'a> {
     active: Option<&'a RawValue>,
     #[serde(borrow, default)]
     interests: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pow: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reason: Option<&'a RawValue>,
 }
 
 /// A JSON string, borrowed when it has no escapes.
@@ -87,6 +98,12 @@ pub enum ErrorCode {
     TooLong,
     /// Over the session's allowance; the frame was dropped.
     RateLimited,
+    /// This address is banned (with `retry_after`).
+    Banned,
+    /// This `find` needs a `pow` and has none.
+    PowRequired,
+    /// The `pow` does not solve this socket's challenge.
+    PowInvalid,
 }
 
 impl ErrorCode {
@@ -96,6 +113,9 @@ impl ErrorCode {
             ErrorCode::BadState => "bad_state",
             ErrorCode::TooLong => "too_long",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Banned => "banned",
+            ErrorCode::PowRequired => "pow_required",
+            ErrorCode::PowInvalid => "pow_invalid",
         }
     }
 }
@@ -105,11 +125,26 @@ impl ErrorCode {
 pub struct Refusal {
     pub code: ErrorCode,
     pub message: &'static str,
+    /// Seconds until a ban ends, with [`ErrorCode::Banned`] only.
+    pub retry_after: Option<u64>,
 }
 
 impl Refusal {
     pub const fn new(code: ErrorCode, message: &'static str) -> Refusal {
-        Refusal { code, message }
+        Refusal {
+            code,
+            message,
+            retry_after: None,
+        }
+    }
+
+    /// `banned`, with the seconds left (rounded up by the caller, at least 1).
+    pub const fn banned(retry_after: u64) -> Refusal {
+        Refusal {
+            code: ErrorCode::Banned,
+            message: "several people reported chats from this network; try again later",
+            retry_after: Some(retry_after),
+        }
     }
 }
 
@@ -161,6 +196,71 @@ impl<'a> Envelope<'a> {
         let given: Option<Vec<JsonStr<'_>>> = serde_json::from_str(raw.get())
             .map_err(|_| bad_request("\"interests\" must be an array of strings"))?;
         normalize_interests(given.unwrap_or_default().iter().map(|s| s.0.as_ref()))
+    }
+
+    /// Step two for `find`'s `pow`: 1 to 20 ASCII digits, or `None` when absent or `null`.
+    pub fn pow(&self) -> Result<Option<Cow<'a, str>>, Refusal> {
+        let Some(raw) = self.fields.pow else {
+            return Ok(None);
+        };
+        let invalid = || bad_request("\"pow\" must be a string of 1 to 20 digits");
+        let given: Option<JsonStr<'a>> = serde_json::from_str(raw.get()).map_err(|_| invalid())?;
+        match given {
+            None => Ok(None),
+            Some(JsonStr(pow)) if crate::pow::valid_pow_field(&pow) => Ok(Some(pow)),
+            Some(_) => Err(invalid()),
+        }
+    }
+
+    /// Step two for `report`: the reason (absent or `null`: `other`).
+    pub fn reason(&self) -> Result<ReportReason, Refusal> {
+        let Some(raw) = self.fields.reason else {
+            return Ok(ReportReason::Other);
+        };
+        let given: Option<JsonStr<'_>> =
+            serde_json::from_str(raw.get()).map_err(|_| bad_reason())?;
+        match given {
+            None => Ok(ReportReason::Other),
+            Some(JsonStr(reason)) => ReportReason::from_name(&reason).ok_or_else(bad_reason),
+        }
+    }
+}
+
+fn bad_reason() -> Refusal {
+    bad_request("\"reason\" must be one of spam, sexual, harassment, minor, other")
+}
+
+/// Why a partner was reported; counted in `/metrics`, changes nothing in what the report does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportReason {
+    Spam,
+    Sexual,
+    Harassment,
+    Minor,
+    Other,
+}
+
+impl ReportReason {
+    pub const ALL: [ReportReason; 5] = [
+        ReportReason::Spam,
+        ReportReason::Sexual,
+        ReportReason::Harassment,
+        ReportReason::Minor,
+        ReportReason::Other,
+    ];
+
+    fn from_name(name: &str) -> Option<ReportReason> {
+        ReportReason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportReason::Spam => "spam",
+            ReportReason::Sexual => "sexual",
+            ReportReason::Harassment => "harassment",
+            ReportReason::Minor => "minor",
+            ReportReason::Other => "other",
+        }
     }
 }
 
@@ -258,8 +358,16 @@ pub enum LeftReason {
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame<'a> {
-    /// First frame after the upgrade.
-    Hello { version: u32, online: usize },
+    /// First frame after the upgrade; `features` is left out when empty (a v1 `hello`), and
+    /// `challenge` is there exactly when `features` holds `pow`.
+    Hello {
+        version: u32,
+        online: usize,
+        #[serde(skip_serializing_if = "<[&str]>::is_empty")]
+        features: &'a [&'a str],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        challenge: Option<ChallengeFrame<'a>>,
+    },
     /// After `find` or `skip`: the session is in the queue.
     Waiting,
     /// Paired with a stranger; `common` holds the interests both gave.
@@ -272,8 +380,23 @@ pub enum ServerFrame<'a> {
     Left { reason: LeftReason },
     /// After `stop`.
     Idle,
-    /// A client frame was refused; it changed nothing.
-    Error { code: ErrorCode, message: &'a str },
+    /// A `report` was accepted.
+    Reported,
+    /// A client frame was refused; it changed nothing. `retry_after` only with `banned`.
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after: Option<u64>,
+    },
+}
+
+/// `hello.challenge`: the proof of work this socket may be asked for.
+#[derive(Debug, Serialize)]
+pub struct ChallengeFrame<'a> {
+    pub alg: &'static str,
+    pub salt: &'a str,
+    pub bits: u8,
 }
 
 impl ServerFrame<'_> {
@@ -457,14 +580,92 @@ mod tests {
     }
 
     #[test]
+    fn pow_field() {
+        fn pow(frame: &str) -> Result<Option<String>, ErrorCode> {
+            let envelope = parse_envelope(frame).unwrap();
+            envelope
+                .pow()
+                .map(|p| p.map(|p| p.into_owned()))
+                .map_err(|r| r.code)
+        }
+        assert_eq!(pow(r#"{"type":"find"}"#), Ok(None));
+        assert_eq!(pow(r#"{"type":"find","pow":null}"#), Ok(None));
+        assert_eq!(
+            pow(r#"{"type":"find","pow":"2609"}"#).unwrap().as_deref(),
+            Some("2609")
+        );
+        let twenty = format!(r#"{{"type":"find","pow":"{}"}}"#, "9".repeat(20));
+        assert!(pow(&twenty).is_ok());
+        for bad in [
+            r#"{"type":"find","pow":2609}"#.to_string(),
+            r#"{"type":"find","pow":""}"#.to_string(),
+            r#"{"type":"find","pow":"12a"}"#.to_string(),
+            r#"{"type":"find","pow":" 1"}"#.to_string(),
+            r#"{"type":"find","pow":"١"}"#.to_string(),
+            format!(r#"{{"type":"find","pow":"{}"}}"#, "1".repeat(21)),
+        ] {
+            assert_eq!(pow(&bad), Err(ErrorCode::BadRequest), "{bad}");
+        }
+    }
+
+    #[test]
+    fn report_reason() {
+        let reason = |frame: &str| parse_envelope(frame).unwrap().reason().map_err(|r| r.code);
+        assert_eq!(reason(r#"{"type":"report"}"#), Ok(ReportReason::Other));
+        assert_eq!(
+            reason(r#"{"type":"report","reason":null}"#),
+            Ok(ReportReason::Other)
+        );
+        for r in ReportReason::ALL {
+            let frame = format!(r#"{{"type":"report","reason":"{}"}}"#, r.as_str());
+            assert_eq!(reason(&frame), Ok(r));
+        }
+        for bad in [
+            r#"{"type":"report","reason":"SPAM"}"#,
+            r#"{"type":"report","reason":""}"#,
+            r#"{"type":"report","reason":1}"#,
+            r#"{"type":"report","reason":["spam"]}"#,
+        ] {
+            assert_eq!(reason(bad), Err(ErrorCode::BadRequest), "{bad}");
+        }
+    }
+
+    #[test]
     fn server_frames_serialise_as_protocol() {
         assert_eq!(
             ServerFrame::Hello {
                 version: 1,
-                online: 3
+                online: 3,
+                features: &[],
+                challenge: None,
             }
             .to_json(),
-            r#"{"type":"hello","version":1,"online":3}"#
+            r#"{"type":"hello","version":1,"online":3}"#,
+            "no feature: exactly the v1 hello"
+        );
+        assert_eq!(
+            ServerFrame::Hello {
+                version: 1,
+                online: 7,
+                features: &["report", "pow"],
+                challenge: Some(ChallengeFrame {
+                    alg: "sha256-lzb",
+                    salt: "5f5f",
+                    bits: 10
+                }),
+            }
+            .to_json(),
+            r#"{"type":"hello","version":1,"online":7,"features":["report","pow"],"challenge":{"alg":"sha256-lzb","salt":"5f5f","bits":10}}"#
+        );
+        assert_eq!(ServerFrame::Reported.to_json(), r#"{"type":"reported"}"#);
+        assert_eq!(
+            ServerFrame::Error {
+                code: ErrorCode::Banned,
+                message: "banned",
+                retry_after: Some(60)
+            }
+            .to_json(),
+            r#"{"type":"error","code":"banned","message":"banned","retry_after":60}"#
         );
         assert_eq!(ServerFrame::Waiting.to_json(), r#"{"type":"waiting"}"#);
         assert_eq!(
@@ -484,7 +685,8 @@ mod tests {
         assert_eq!(
             ServerFrame::Error {
                 code: ErrorCode::RateLimited,
-                message: "slow down"
+                message: "slow down",
+                retry_after: None
             }
             .to_json(),
             r#"{"type":"error","code":"rate_limited","message":"slow down"}"#

@@ -13,12 +13,18 @@
 //! `matched` and before its `waiting`/`idle`, or finds no link and is answered `bad_state`: it
 //! never reaches the partner's next stranger, and it is never accepted and then lost.
 //!
+//! Reports (the safety extension) ride on the same rule: a room's end is recorded on both peers
+//! (who the partner was, by client address, and whether it sent a `msg`), so a `report` in the
+//! grace window after the room names the right stranger; pair blocks reach the matchmaker as a
+//! predicate over the peers' addresses, asked only when two sessions could be paired.
+//!
 //! Slow readers: each queue holds at most [`Peer::relay_depth`] chat frames (about 1 MiB at the
 //! largest frame size). A sender facing a full queue waits (backpressure reaches its own socket);
 //! if the queue stays full for [`QUEUE_FULL_GRACE`], the partner is killed: closed with 1008, or
 //! dropped when not even the close frame can be written.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -32,7 +38,10 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::matchmaker::{BadState, Departure, Matchmaker, Pairing, RoomId, SessionId, State};
 use crate::metrics::{Metrics, Stats};
-use crate::protocol::{LeftReason, Refusal, ServerFrame};
+use crate::pow::Challenge;
+use crate::protocol::{ChallengeFrame, LeftReason, Refusal, ServerFrame};
+use crate::safety::ReportOutcome;
+use crate::standing::Standing;
 
 /// Most bytes of chat frames that may wait for one session ("never more than 1 MiB").
 pub const OUTBOUND_QUEUE_BYTES: usize = 1 << 20;
@@ -72,12 +81,17 @@ pub enum RelayError {
 #[derive(Debug)]
 pub struct Peer {
     pub id: SessionId,
+    /// The client's address, for its standing (memory only, never logged, gone with the socket).
+    pub address: IpAddr,
     /// flume's unbounded queue allocates only as items arrive (tokio's allocates a block of 32
     /// up front): an idle session's queue costs almost nothing.
     out: flume::Sender<Outbound>,
     /// Free places for chat frames in the outbound queue.
     chat_slots: Semaphore,
     link: Mutex<Option<Link>>,
+    /// The room that ended last, while no newer one began: what `report` in `idle` or `waiting`
+    /// is about.
+    last_room: Mutex<Option<LastRoom>>,
     /// 0 while alive, else the [`Kill`] that ended it.
     killed: AtomicU8,
     /// The reader's and the writer's wakers for a kill. Lock-free: these are polled on every
@@ -103,6 +117,17 @@ pub enum Kill {
 pub struct Link {
     pub room: RoomId,
     pub partner: Arc<Peer>,
+    /// This session sent a `msg` in the room (a report of it can count as a strike).
+    pub sent_msg: bool,
+}
+
+/// The last room of a session, as PROTOCOL.md's "What is held" table lists it.
+#[derive(Debug, Clone, Copy)]
+struct LastRoom {
+    partner_address: IpAddr,
+    partner_sent_msg: bool,
+    ended_at: Instant,
+    reported: bool,
 }
 
 impl Peer {
@@ -112,13 +137,19 @@ impl Peer {
         (OUTBOUND_QUEUE_BYTES / (max_frame_bytes + 64)).max(1)
     }
 
-    pub fn new(id: SessionId, relay_depth: usize) -> (Arc<Peer>, flume::Receiver<Outbound>) {
+    pub fn new(
+        id: SessionId,
+        address: IpAddr,
+        relay_depth: usize,
+    ) -> (Arc<Peer>, flume::Receiver<Outbound>) {
         let (out, rx) = flume::unbounded();
         let peer = Peer {
             id,
+            address,
             out,
             chat_slots: Semaphore::new(relay_depth),
             link: Mutex::new(None),
+            last_room: Mutex::new(None),
             killed: AtomicU8::new(0),
             reader_waker: AtomicWaker::new(),
             writer_waker: AtomicWaker::new(),
@@ -139,19 +170,21 @@ impl Peer {
         let _ = self.out.send(Outbound::Close { code, reason });
     }
 
-    /// Relays a chat frame to this session's partner. Fast path: a free slot in the partner's
-    /// queue, taken and filled under our link lock. Slow path: the queue is full; wait for a slot
-    /// without holding the lock, then push only if we are still in the same room.
-    pub async fn relay_to_partner(&self, frame: Utf8Bytes) -> Result<(), RelayError> {
+    /// Relays a chat frame (`is_msg`: a `msg`, else `typing`) to this session's partner. Fast
+    /// path: a free slot in the partner's queue, taken and filled under our link lock. Slow
+    /// path: the queue is full; wait for a slot without holding the lock, then push only if we
+    /// are still in the same room.
+    pub async fn relay_to_partner(&self, frame: Utf8Bytes, is_msg: bool) -> Result<(), RelayError> {
         let (room, partner) = {
-            let link = self.link_guard();
-            let Some(link) = link.as_ref() else {
+            let mut link = self.link_guard();
+            let Some(link) = link.as_mut() else {
                 return Err(RelayError::NotChatting);
             };
             match link.partner.chat_slots.try_acquire() {
                 Ok(permit) => {
                     permit.forget();
                     link.partner.push_chat(frame);
+                    link.sent_msg |= is_msg;
                     return Ok(());
                 }
                 Err(TryAcquireError::Closed) => return Err(RelayError::NotChatting),
@@ -171,10 +204,11 @@ impl Peer {
                 return Err(RelayError::Stalled);
             }
         }
-        let link = self.link_guard();
-        match link.as_ref() {
+        let mut link = self.link_guard();
+        match link.as_mut() {
             Some(link) if link.room == room => {
                 link.partner.push_chat(frame);
+                link.sent_msg |= is_msg;
                 Ok(())
             }
             _ => {
@@ -251,6 +285,10 @@ impl Peer {
         self.link.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn last_room_guard(&self) -> MutexGuard<'_, Option<LastRoom>> {
+        self.last_room.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Leaves the room (if any) and tells the client with `frame`, as one step.
     fn unlink_and_tell(&self, frame: &ServerFrame<'_>) {
         let mut link = self.link_guard();
@@ -264,6 +302,7 @@ impl Peer {
 pub struct Lobby {
     inner: Mutex<LobbyInner>,
     metrics: Arc<Metrics>,
+    standing: Arc<Standing>,
 }
 
 #[derive(Debug)]
@@ -272,8 +311,27 @@ struct LobbyInner {
     peers: HashMap<SessionId, Arc<Peer>>,
 }
 
+/// Why a control command was refused.
+#[derive(Debug)]
+pub enum ControlError {
+    /// Not allowed in the session's state (`bad_state`).
+    BadState,
+    /// Refused by a later check (fields, ban, proof of work), with its `error`.
+    Refused(Refusal),
+}
+
+impl From<BadState> for ControlError {
+    fn from(_: BadState) -> ControlError {
+        ControlError::BadState
+    }
+}
+
+/// What an accepted `report` did; `None` in [`Lobby::report`]'s answer for a repeat report of
+/// the same last partner, which changes nothing more.
+pub type Reported = Option<ReportOutcome>;
+
 impl Lobby {
-    pub fn new(matchmaker: Matchmaker, metrics: Arc<Metrics>) -> Lobby {
+    pub fn new(matchmaker: Matchmaker, metrics: Arc<Metrics>, standing: Arc<Standing>) -> Lobby {
         let inner = LobbyInner {
             matchmaker,
             peers: HashMap::new(),
@@ -281,6 +339,7 @@ impl Lobby {
         Lobby {
             inner: Mutex::new(inner),
             metrics,
+            standing,
         }
     }
 
@@ -288,34 +347,45 @@ impl Lobby {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A new session joins as idle; its `hello` is queued. Returns the number online.
-    pub fn join(&self, peer: Arc<Peer>) -> usize {
+    /// A new session joins as idle; its `hello` (with this socket's challenge, if any) is
+    /// queued. Returns the number online.
+    pub fn join(&self, peer: Arc<Peer>, challenge: Option<&Challenge>) -> usize {
+        let salt = challenge.map(Challenge::salt_hex);
+        let challenge = challenge
+            .zip(salt.as_deref())
+            .map(|(c, salt)| ChallengeFrame {
+                alg: crate::pow::ALG,
+                salt,
+                bits: c.bits,
+            });
         let mut inner = self.lock();
         inner.matchmaker.register(peer.id);
         let online = inner.matchmaker.sessions();
         peer.send_control(&ServerFrame::Hello {
             version: crate::protocol::VERSION,
             online,
+            features: self.standing.features(),
+            challenge,
         });
         inner.peers.insert(peer.id, peer);
         online
     }
 
-    /// `find`: the state is checked first, then `interests` is evaluated (field validation).
+    /// `find`: the state is checked first, then `check` runs the later checks in order (fields,
+    /// ban, proof of work) and gives the interests.
     pub fn find(
         &self,
         id: SessionId,
-        interests: impl FnOnce() -> Result<Vec<String>, Refusal>,
-    ) -> Result<(), FindError> {
+        check: impl FnOnce() -> Result<Vec<String>, Refusal>,
+    ) -> Result<(), ControlError> {
         let mut inner = self.lock();
         if inner.matchmaker.state(id) != Some(State::Idle) {
-            return Err(FindError::BadState);
+            return Err(ControlError::BadState);
         }
-        let interests = interests().map_err(FindError::Invalid)?;
-        let pairing = inner
-            .matchmaker
-            .find(id, interests, Instant::now())
-            .map_err(|BadState| FindError::BadState)?;
+        let interests = check().map_err(ControlError::Refused)?;
+        let LobbyInner { matchmaker, peers } = &mut *inner;
+        let blocked = |a, b| self.blocked(peers, a, b);
+        let pairing = matchmaker.find_with(id, interests, Instant::now(), &blocked)?;
         inner.tell(id, &ServerFrame::Waiting);
         if let Some(pairing) = pairing {
             inner.apply_pairing(&pairing, &self.metrics);
@@ -323,13 +393,29 @@ impl Lobby {
         Ok(())
     }
 
-    /// `skip`: the partner is told `left skipped`, this session `waiting`.
-    pub fn skip(&self, id: SessionId) -> Result<(), BadState> {
+    /// `skip`: after the state, `check` (the ban); then the partner is told `left skipped`, this
+    /// session `waiting`.
+    pub fn skip(
+        &self,
+        id: SessionId,
+        check: impl FnOnce() -> Result<(), Refusal>,
+    ) -> Result<(), ControlError> {
         let mut inner = self.lock();
-        let outcome = inner.matchmaker.skip(id, Instant::now())?;
+        if !matches!(
+            inner.matchmaker.state(id),
+            Some(State::Waiting | State::Chatting { .. })
+        ) {
+            return Err(ControlError::BadState);
+        }
+        check().map_err(ControlError::Refused)?;
+        let now = Instant::now();
+        let LobbyInner { matchmaker, peers } = &mut *inner;
+        let blocked = |a, b| self.blocked(peers, a, b);
+        let outcome = matchmaker.skip_with(id, now, &blocked)?;
         // The partner first: its link is cleared before our `waiting` is queued, so a frame it
         // relays to us lands before that `waiting` or is refused with `bad_state`.
         if let Some(departure) = outcome.departure {
+            inner.room_ended(id, departure.partner, now);
             inner.tell_partner_left(departure, LeftReason::Skipped);
         }
         inner.unlink_and_tell(id, &ServerFrame::Waiting);
@@ -342,12 +428,61 @@ impl Lobby {
     /// `stop`: the partner is told `left skipped`, this session `idle`.
     pub fn stop(&self, id: SessionId) -> Result<(), BadState> {
         let mut inner = self.lock();
-        let departure = inner.matchmaker.stop(id, Instant::now())?;
+        let now = Instant::now();
+        let departure = inner.matchmaker.stop(id, now)?;
         if let Some(departure) = departure {
+            inner.room_ended(id, departure.partner, now);
             inner.tell_partner_left(departure, LeftReason::Skipped);
         }
         inner.unlink_and_tell(id, &ServerFrame::Idle);
         Ok(())
+    }
+
+    /// `report` (the safety extension). The state first: chatting, or idle or waiting less than
+    /// `REPORT_GRACE_SECS` after the last room ended; then `check` (the reason). While chatting,
+    /// the room ends as after `stop` and the reporter hears `reported` then `idle`; otherwise
+    /// the last room's partner is reported and nothing else changes. Effects 2–4 of PROTOCOL.md
+    /// "Report" follow, unless this partner was reported already (the outcome is then `None`).
+    pub fn report<R>(
+        &self,
+        id: SessionId,
+        check: impl FnOnce() -> Result<R, Refusal>,
+    ) -> Result<(R, Reported), ControlError> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let Some(reporter) = inner.peers.get(&id).cloned() else {
+            return Err(ControlError::BadState);
+        };
+        let chatting = matches!(inner.matchmaker.state(id), Some(State::Chatting { .. }));
+        let grace = self.standing.settings().report_grace;
+        let in_grace = reporter
+            .last_room_guard()
+            .is_some_and(|room| now.saturating_duration_since(room.ended_at) < grace);
+        if !chatting && !in_grace {
+            return Err(ControlError::BadState);
+        }
+        let checked = check().map_err(ControlError::Refused)?;
+        if chatting && let Some(departure) = inner.matchmaker.stop(id, now)? {
+            inner.room_ended(id, departure.partner, now);
+            inner.tell_partner_left(departure, LeftReason::Skipped);
+        }
+        let mut last = reporter.last_room_guard();
+        let Some(room) = last.as_mut() else {
+            return Err(ControlError::BadState); // cannot happen: checked or just recorded
+        };
+        let repeat = std::mem::replace(&mut room.reported, true);
+        let (target, sent_msg) = (room.partner_address, room.partner_sent_msg);
+        drop(last);
+        reporter.send_control(&ServerFrame::Reported);
+        if chatting {
+            reporter.unlink_and_tell(&ServerFrame::Idle);
+        }
+        drop(inner);
+        if repeat {
+            return Ok((checked, None));
+        }
+        let outcome = self.standing.report(reporter.address, target, sent_msg);
+        Ok((checked, Some(outcome)))
     }
 
     /// The socket closed: out of the queue or the room at once, the partner told
@@ -356,6 +491,7 @@ impl Lobby {
         let mut inner = self.lock();
         let departure = inner.matchmaker.close(id);
         if let Some(departure) = departure {
+            inner.room_ended(id, departure.partner, Instant::now());
             if tell_partner {
                 inner.tell_partner_left(departure, LeftReason::Disconnected);
             } else if let Some(partner) = inner.peers.get(&departure.partner) {
@@ -376,14 +512,23 @@ impl Lobby {
         }
     }
 
-    /// Runs the matchmaker's timers; called a few times a second.
+    /// Runs the matchmaker's timers, and pairs who a pair block kept apart once it ended;
+    /// called a few times a second.
     pub fn tick(&self) {
         let now = Instant::now();
+        let block_ended = self.standing.pair_block_ended(now);
         let mut inner = self.lock();
-        if inner.matchmaker.next_deadline().is_none_or(|at| at > now) {
+        let timer_due = inner.matchmaker.next_deadline().is_some_and(|at| at <= now);
+        if !timer_due && !block_ended {
             return;
         }
-        for pairing in inner.matchmaker.tick(now) {
+        let LobbyInner { matchmaker, peers } = &mut *inner;
+        let blocked = |a, b| self.blocked(peers, a, b);
+        let mut pairings = matchmaker.tick_with(now, &blocked);
+        if block_ended {
+            pairings.extend(matchmaker.rematch(now, &blocked));
+        }
+        for pairing in pairings {
             inner.apply_pairing(&pairing, &self.metrics);
         }
     }
@@ -396,13 +541,14 @@ impl Lobby {
             rooms: inner.matchmaker.rooms(),
         }
     }
-}
 
-/// Why `find` was refused.
-#[derive(Debug)]
-pub enum FindError {
-    BadState,
-    Invalid(Refusal),
+    /// Whether sessions `a` and `b` are kept apart by a pair block of their addresses.
+    fn blocked(&self, peers: &HashMap<SessionId, Arc<Peer>>, a: SessionId, b: SessionId) -> bool {
+        match (peers.get(&a), peers.get(&b)) {
+            (Some(a), Some(b)) => self.standing.pair_blocked(a.address, b.address),
+            _ => false,
+        }
+    }
 }
 
 impl LobbyInner {
@@ -423,21 +569,44 @@ impl LobbyInner {
         self.unlink_and_tell(departure.partner, &ServerFrame::Left { reason });
     }
 
+    /// Records the end of the room of `a` and `b` on both (who the partner was, whether it
+    /// sent a `msg`), before either is unlinked.
+    fn room_ended(&self, a: SessionId, b: SessionId, now: Instant) {
+        let (Some(a), Some(b)) = (self.peers.get(&a), self.peers.get(&b)) else {
+            return;
+        };
+        let sent = |peer: &Peer| peer.link_guard().as_ref().is_some_and(|l| l.sent_msg);
+        let (a_sent, b_sent) = (sent(a), sent(b));
+        for (me, partner, partner_sent_msg) in [(a, b, b_sent), (b, a, a_sent)] {
+            *me.last_room_guard() = Some(LastRoom {
+                partner_address: partner.address,
+                partner_sent_msg,
+                ended_at: now,
+                reported: false,
+            });
+        }
+    }
+
     /// Links both peers and queues both `matched` frames while holding both link locks, so
-    /// neither side can relay a frame that the other would receive before its `matched`.
+    /// neither side can relay a frame that the other would receive before its `matched`. A new
+    /// room replaces the last one as what a later `report` is about.
     fn apply_pairing(&self, pairing: &Pairing, metrics: &Metrics) {
         let (Some(a), Some(b)) = (self.peers.get(&pairing.a), self.peers.get(&pairing.b)) else {
             return; // cannot happen: the matchmaker only pairs registered sessions
         };
+        *a.last_room_guard() = None;
+        *b.last_room_guard() = None;
         let mut a_link = a.link_guard();
         let mut b_link = b.link_guard();
         *a_link = Some(Link {
             room: pairing.room,
             partner: b.clone(),
+            sent_msg: false,
         });
         *b_link = Some(Link {
             room: pairing.room,
             partner: a.clone(),
+            sent_msg: false,
         });
         let matched = ServerFrame::Matched {
             common: &pairing.common,

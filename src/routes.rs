@@ -88,7 +88,9 @@ pub fn routes(
         .and(get_or_head())
         .and(with_state)
         .map(|state: Arc<AppState>| {
-            let body = state.metrics.render(state.lobby.stats());
+            let body = state
+                .metrics
+                .render(state.lobby.stats(), state.standing.gauges());
             warp::reply::with_header(body, header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
         });
     let page = get_or_head()

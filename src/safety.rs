@@ -567,6 +567,12 @@ impl<K: Ord + Hash + Copy> Safety<K> {
             .count()
     }
 
+    /// When the next pair block ends (expired ones not yet purged included): the matchmaker
+    /// looks again at the waiting sessions then, "as when a rematch cooldown ends".
+    pub fn next_pair_block_end(&self) -> Option<Instant> {
+        self.pair_blocks.by_expiry.first().map(|(at, _)| *at)
+    }
+
     /// Gauge `relay_pair_blocks`: pair blocks in force at `now`.
     pub fn pair_blocks(&self, now: Instant) -> usize {
         self.pair_blocks.live(now).count()

@@ -26,8 +26,10 @@ use tracing::info;
 use crate::AppState;
 use crate::limits::{ConnectionPermit, SessionAllowance};
 use crate::matchmaker::SessionId;
+use crate::pow::Challenge;
 use crate::protocol::{Command, Envelope, ErrorCode, Refusal, ServerFrame, parse_envelope};
-use crate::relay::{FindError, Kill, MAX_QUEUE_WAIT, Outbound, Peer, RelayError, WRITE_TIMEOUT};
+use crate::relay::{ControlError, Kill, MAX_QUEUE_WAIT, Outbound, Peer, RelayError, WRITE_TIMEOUT};
+use crate::safety::retry_after_secs;
 
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -98,9 +100,14 @@ async fn serve_session(
 ) {
     let id: SessionId = rand::random();
     let started = Instant::now();
-    let (peer, outbound) = Peer::new(id, Peer::relay_depth(state.config.max_frame_bytes));
+    let address = permit.address();
+    let (peer, outbound) = Peer::new(id, address, Peer::relay_depth(state.config.max_frame_bytes));
     state.metrics.connections.inc();
-    let online = state.lobby.join(peer.clone());
+    let challenge = state.standing.admit(address);
+    if let Some(challenge) = &challenge {
+        state.metrics.challenge(challenge.bits);
+    }
+    let online = state.lobby.join(peer.clone(), challenge.as_ref());
     // A shutdown that began while this socket was upgrading missed it in `kill_all`.
     if state.shutdown.is_cancelled() {
         peer.kill(Kill::Shutdown);
@@ -112,6 +119,8 @@ async fn serve_session(
         allowance: SessionAllowance::new(&state.config, &state.clock),
         frames_in: 0,
         relayed: 0,
+        // Boxed: a challenge is a few dozen bytes that most sessions need only until `find`.
+        challenge: challenge.map(Box::new),
     };
     let writer = write_loop(sink, outbound, &peer, state.config.ping_interval());
     let ((ending, stream, frames_in, relayed), sink) = tokio::join!(reader.run(stream), writer);
@@ -146,6 +155,9 @@ struct Reader<'a> {
     allowance: SessionAllowance,
     frames_in: u64,
     relayed: u64,
+    /// This socket's proof-of-work challenge until a `find` is admitted (then `None`: no later
+    /// `find` needs one); `None` from the start without proof of work.
+    challenge: Option<Box<Challenge>>,
 }
 
 /// What handling one frame asks of the loop.
@@ -237,6 +249,9 @@ impl Reader<'_> {
             Err(refusal) => return self.refuse(refusal),
         };
         let command = envelope.command;
+        if command == Command::Report && !self.state.standing.reports_enabled() {
+            return self.refuse(Refusal::new(ErrorCode::BadRequest, "unknown frame type"));
+        }
         let allowed = if command.is_chat() {
             self.allowance.chat()
         } else {
@@ -266,7 +281,11 @@ impl Reader<'_> {
                     Err(_) if !self.peer.is_chatting() => return self.refuse(not_chatting()),
                     Err(refusal) => return self.refuse(refusal),
                 };
-                match self.peer.relay_to_partner(frame).await {
+                match self
+                    .peer
+                    .relay_to_partner(frame, text_bytes.is_some())
+                    .await
+                {
                     Ok(()) => {
                         self.relayed += 1;
                         let metrics = &self.state.metrics;
@@ -286,28 +305,73 @@ impl Reader<'_> {
                     Err(RelayError::Stalled) => Next::Continue,
                 }
             }
-            Command::Find => match lobby.find(id, || envelope.interests()) {
-                Ok(()) => Next::Continue,
-                Err(FindError::BadState) => self.refuse(Refusal::new(
-                    ErrorCode::BadState,
-                    "find is only allowed when idle",
-                )),
-                Err(FindError::Invalid(refusal)) => self.refuse(refusal),
-            },
+            Command::Find => {
+                let standing = &self.state.standing;
+                let challenge = self.challenge.as_deref();
+                let mut solved = false;
+                let result = lobby.find(id, || {
+                    let interests = envelope.interests()?;
+                    let pow = envelope.pow()?;
+                    if let Some(left) = standing.ban_left(self.peer.address) {
+                        return Err(Refusal::banned(retry_after_secs(left)));
+                    }
+                    if let Some(challenge) = challenge.filter(|c| c.bits > 0) {
+                        match pow {
+                            None => return Err(POW_REQUIRED),
+                            Some(pow) if !challenge.solved_by(&pow) => return Err(POW_INVALID),
+                            Some(_) => solved = true,
+                        }
+                    }
+                    Ok(interests)
+                });
+                match result {
+                    Ok(()) => {
+                        // Admitted: no later `find` of this socket needs a proof.
+                        self.challenge = None;
+                        if solved {
+                            self.state.metrics.pow_solved.inc();
+                        }
+                        Next::Continue
+                    }
+                    Err(ControlError::BadState) => self.refuse(Refusal::new(
+                        ErrorCode::BadState,
+                        "find is only allowed when idle",
+                    )),
+                    Err(ControlError::Refused(refusal)) => self.refuse(refusal),
+                }
+            }
             Command::Skip | Command::Stop => {
                 let result = if command == Command::Skip {
-                    lobby.skip(id)
+                    let standing = &self.state.standing;
+                    lobby.skip(id, || match standing.ban_left(self.peer.address) {
+                        Some(left) => Err(Refusal::banned(retry_after_secs(left))),
+                        None => Ok(()),
+                    })
                 } else {
-                    lobby.stop(id)
+                    lobby.stop(id).map_err(ControlError::from)
                 };
                 match result {
                     Ok(()) => Next::Continue,
-                    Err(_) => self.refuse(Refusal::new(
+                    Err(ControlError::BadState) => self.refuse(Refusal::new(
                         ErrorCode::BadState,
                         "skip and stop are only allowed when waiting or chatting",
                     )),
+                    Err(ControlError::Refused(refusal)) => self.refuse(refusal),
                 }
             }
+            Command::Report => match lobby.report(id, || envelope.reason()) {
+                Ok((reason, outcome)) => {
+                    if let Some(outcome) = outcome {
+                        self.state.metrics.reported(reason, outcome);
+                    }
+                    Next::Continue
+                }
+                Err(ControlError::BadState) => self.refuse(Refusal::new(
+                    ErrorCode::BadState,
+                    "report is only allowed while chatting or soon after a chat ended",
+                )),
+                Err(ControlError::Refused(refusal)) => self.refuse(refusal),
+            },
         }
     }
 
@@ -340,14 +404,31 @@ impl Reader<'_> {
             return Next::Close(Ending::server(close::ABUSE, "too many refused frames"));
         }
         self.state.metrics.error(refusal.code);
+        match refusal.code {
+            ErrorCode::PowRequired => self.state.metrics.pow_missing.inc(),
+            ErrorCode::PowInvalid => self.state.metrics.pow_invalid.inc(),
+            _ => {}
+        }
         let frame = ServerFrame::Error {
             code: refusal.code,
             message: refusal.message,
+            retry_after: refusal.retry_after,
         };
         self.peer.send_control(&frame);
         Next::Continue
     }
 }
+
+/// `find` without the proof of work this socket must give.
+const POW_REQUIRED: Refusal = Refusal::new(
+    ErrorCode::PowRequired,
+    "this find needs a pow that solves the challenge of hello",
+);
+/// `find` whose `pow` does not solve this socket's challenge.
+const POW_INVALID: Refusal = Refusal::new(
+    ErrorCode::PowInvalid,
+    "the pow does not solve this socket's challenge",
+);
 
 fn not_chatting() -> Refusal {
     Refusal::new(

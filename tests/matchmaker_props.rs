@@ -3,6 +3,11 @@
 //! nobody paired with itself, no closed session waiting or in a room, every room two live
 //! sessions), and after every tick no two waiting sessions that the rules would pair are left
 //! unpaired.
+//!
+//! Pair blocks (the safety extension) are in the model too: each session slot has a client
+//! address that its reopened sessions keep, a `Block` step blocks two addresses for a while, and
+//! no blocked pair is ever paired; when a block ends, the lobby calls `rematch`, after which
+//! again nothing pairable is left waiting.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -23,6 +28,25 @@ enum Op {
     Reopen(u64),
     /// Advance the clock by this many milliseconds and run the timers.
     Tick(u64),
+    /// Block two client addresses from meeting for this many milliseconds (a report).
+    Block(u64, u64, u64),
+}
+
+/// Client addresses: slots share them, so blocks hold across sessions and reconnects, and a
+/// session can be blocked from its own address's other sessions (two tabs, one NAT).
+const ADDRESSES: u64 = 4;
+
+fn address_of(id: u64) -> u64 {
+    (id / 1000) % ADDRESSES
+}
+
+/// Pair blocks by ordered address pair, with their end.
+type Blocks = HashMap<(u64, u64), Instant>;
+
+fn is_blocked(blocks: &Blocks, a: u64, b: u64, now: Instant) -> bool {
+    blocks
+        .get(&key(address_of(a), address_of(b)))
+        .is_some_and(|until| *until > now)
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -34,6 +58,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => id.clone().prop_map(Op::Close),
         1 => id.prop_map(Op::Reopen),
         2 => (0u64..7000).prop_map(Op::Tick),
+        1 => (0..ADDRESSES, 0..ADDRESSES, 0u64..15_000).prop_map(|(a, b, ms)| Op::Block(a, b, ms)),
     ]
 }
 
@@ -48,9 +73,11 @@ fn check_pairing(
     m: &Matchmaker,
     p: &Pairing,
     ended: &Ended,
+    blocks: &Blocks,
     now: Instant,
 ) -> Result<(), TestCaseError> {
     prop_assert_ne!(p.a, p.b, "paired with itself");
+    prop_assert!(!is_blocked(blocks, p.a, p.b, now), "paired a blocked pair");
     if let Some(at) = ended.get(&key(p.a, p.b)) {
         prop_assert!(now >= *at + COOLDOWN, "re-paired within the cooldown");
     }
@@ -80,6 +107,7 @@ proptest! {
         let mut now = start;
         let mut m = Matchmaker::new(Duration::from_secs(5), COOLDOWN);
         let mut ended: Ended = HashMap::new();
+        let mut blocks: Blocks = HashMap::new();
         // Session ids are never reused: `generation` makes a fresh id for a reopened slot.
         let mut generation = [0u64; SESSIONS as usize];
         let id_of = |slot: u64, generation: &[u64]| slot * 1000 + generation[slot as usize];
@@ -95,10 +123,11 @@ proptest! {
                     let id = id_of(slot, &generation);
                     let before = m.state(id);
                     let interests = tags.iter().map(|&t| TAGS[t].to_string()).collect();
-                    match m.find(id, interests, now) {
+                    let blocked = |a, b| is_blocked(&blocks, a, b, now);
+                    match m.find_with(id, interests, now, &blocked) {
                         Ok(pairing) => {
                             prop_assert_eq!(before, Some(State::Idle));
-                            if let Some(p) = pairing { check_pairing(&m, &p, &ended, now)?; }
+                            if let Some(p) = pairing { check_pairing(&m, &p, &ended, &blocks, now)?; }
                         }
                         Err(_) => prop_assert_ne!(before, Some(State::Idle)),
                     }
@@ -106,7 +135,8 @@ proptest! {
                 Op::Skip(slot) => {
                     let id = id_of(slot, &generation);
                     let before = m.state(id);
-                    match m.skip(id, now) {
+                    let blocked = |a, b| is_blocked(&blocks, a, b, now);
+                    match m.skip_with(id, now, &blocked) {
                         Ok(out) => {
                             let was_queued_or_chatting = matches!(before, Some(State::Waiting | State::Chatting { .. }));
                             prop_assert!(was_queued_or_chatting);
@@ -115,7 +145,7 @@ proptest! {
                                 prop_assert_eq!(before, Some(State::Chatting { partner: d.partner, room: d.room }));
                                 prop_assert_eq!(m.state(d.partner), Some(State::Idle));
                             }
-                            if let Some(p) = out.pairing { check_pairing(&m, &p, &ended, now)?; }
+                            if let Some(p) = out.pairing { check_pairing(&m, &p, &ended, &blocks, now)?; }
                             else { prop_assert_eq!(m.state(id), Some(State::Waiting)); }
                         }
                         Err(_) => {
@@ -163,10 +193,22 @@ proptest! {
                     }
                 }
                 Op::Tick(ms) => {
+                    let before = now;
                     now += Duration::from_millis(ms);
-                    for p in m.tick(now) { check_pairing(&m, &p, &ended, now)?; }
-                    // Every timer up to `now` has run: nothing pairable is left waiting.
-                    prop_assert_eq!(m.compatible_waiting_pair(now), None);
+                    let blocked = |a, b| is_blocked(&blocks, a, b, now);
+                    let mut pairings = m.tick_with(now, &blocked);
+                    // What the lobby does when a pair block ended since its last look.
+                    if blocks.values().any(|until| *until > before && *until <= now) {
+                        pairings.extend(m.rematch(now, &blocked));
+                    }
+                    for p in pairings { check_pairing(&m, &p, &ended, &blocks, now)?; }
+                    // Every timer and block end up to `now` is seen: nothing pairable waits.
+                    prop_assert_eq!(m.compatible_waiting_pair_with(now, &blocked), None);
+                }
+                Op::Block(a, b, ms) => {
+                    let until = now + Duration::from_millis(ms);
+                    let entry = blocks.entry(key(a, b)).or_insert(until);
+                    *entry = (*entry).max(until);
                 }
             }
             m.check_invariants().map_err(TestCaseError::fail)?;

@@ -20,7 +20,9 @@ use tokio_tungstenite::{WebSocketStream, client_async};
 pub const WAIT: Duration = Duration::from_secs(5);
 
 /// Defaults, except the per-address connection limits, raised so that many test clients from
-/// 127.0.0.1 do not trip them (tests of those limits set their own).
+/// 127.0.0.1 do not trip them (tests of those limits set their own), and the safety extension
+/// off (`POW_MAX_BITS=0`, `REPORTS=off`): the v1 protocol exactly, as PROTOCOL.md promises for
+/// that setting. The safety tests turn it on.
 pub fn test_config() -> Config {
     Config {
         host: "127.0.0.1".parse().unwrap(),
@@ -28,6 +30,8 @@ pub fn test_config() -> Config {
         conn_rate_per_min: 1_000_000.0,
         conn_burst: 100_000,
         max_conns_per_ip: 100_000,
+        reports: stranger_relay::config::OnOff(false),
+        pow_max_bits: 0,
         ..Config::default()
     }
 }
