@@ -4,6 +4,8 @@
 //!
 //! - [`keys`]: keyed hashes of what Redis may never see in plaintext (interests, addresses);
 //! - [`seal`]: the authenticated encryption of frames relayed through Redis;
+//! - [`matching`]: the matching rules of [`crate::matchmaker`] as atomic Lua scripts.
 
 pub mod keys;
+pub mod matching;
 pub mod seal;
