@@ -1,7 +1,7 @@
 // Safety on the page that needs no server support (PROTOCOL.md "Page"): the 18+ notice that
 // gates Start, the safety tips, the contact-detail warning, the proof-of-work worker under the
-// page's CSP, and that a server announcing no features shows no Report button.
-// (Report, banned and pow against a real server: to write once the server announces them.)
+// page's CSP, and that a server announcing no features (POW_MAX_BITS=0, REPORTS=off) shows no
+// Report button. Report, banned and pow against the real server: report.test.mjs.
 
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -42,7 +42,7 @@ describe('safety', { concurrency: 3 }, () => {
       for (const tip of TEXT.tips) {
         await expectShown(a.page.getByText(tip, { exact: true }), { what: `the tip ${JSON.stringify(tip)}` });
       }
-      await expectNotShown(a.page.locator('#tip-report'), { what: 'the Report tip (this server has no report feature)' });
+      await expectShown(a.page.locator('#tip-report'), { what: 'the Report tip (the server offers report by default)' });
       const body = norm(await textOf(a.page.locator('body')));
       assert.ok(!/verif/i.test(body), `the page never calls the notice verification: ${body}`);
       assert.deepEqual(await storage(a), {}, 'nothing stored before the tick');
@@ -164,11 +164,12 @@ describe('safety', { concurrency: 3 }, () => {
     });
   });
 
-  test('no features announced (today\'s server): no Report button, find without pow', async () => {
-    await scenario(browser, {}, async ({ open }) => {
+  test('no features announced (a version 1 server): no Report button, find without pow', async () => {
+    await scenario(browser, { POW_MAX_BITS: '0', REPORTS: 'off' }, async ({ open }) => {
       const frames = [];
       const watch = (s) => s.page.on('websocket', (ws) => ws.on('framesent', (f) => frames.push(String(f.payload))));
       const a = await open('A', {}, { beforeGoto: watch });
+      await expectNotShown(a.page.locator('#tip-report'), { what: 'the Report tip without the report feature' });
       const b = await open('B');
       await a.start();
       await a.waitStatus(TEXT.looking);
