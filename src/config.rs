@@ -84,6 +84,21 @@ pub struct Config {
     #[arg(long = "log", env = "RUST_LOG", default_value = "info", value_parser = log_filter)]
     pub log: String,
 
+    // Clustered mode (PROTOCOL.md, "Clustered mode").
+    /// `redis://` or `rediss://` URL of the Redis the nodes of one crowd share; unset: a single
+    /// node, all in memory.
+    #[arg(long, env = "REDIS_URL", value_parser = redis_url)]
+    pub redis_url: Option<String>,
+    /// Required with REDIS_URL: at least 32 characters, the same on every node.
+    #[arg(long, env = "CLUSTER_SECRET", hide_env_values = true, value_parser = cluster_secret)]
+    pub cluster_secret: Option<Secret>,
+    /// The start of every Redis key and channel name, so several crowds can share one Redis.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "stranger-relay:", value_parser = redis_prefix)]
+    pub redis_prefix: String,
+    /// Seconds without news from a node after which it is dead: its rooms end.
+    #[arg(long, env = "NODE_TIMEOUT_SECS", default_value_t = 5.0, value_parser = positive_f64)]
+    pub node_timeout_secs: f64,
+
     // Safety (PROTOCOL.md, "Safety: reports, bans, proof of work").
     /// `on` or `off`: whether users may report their partner (the `report` feature).
     #[arg(long, env = "REPORTS", default_value = "on", value_parser = on_off)]
@@ -129,6 +144,16 @@ pub struct Config {
     pub pow_bits_per_strike: u32,
 }
 
+/// A setting that must never be printed (`CLUSTER_SECRET`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 /// `on` or `off` (also `true`/`false`, `1`/`0`), as a setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OnOff(pub bool);
@@ -163,6 +188,10 @@ impl Default for Config {
             trust_proxy_header: None,
             worker_threads: 1,
             log: "info".into(),
+            redis_url: None,
+            cluster_secret: None,
+            redis_prefix: "stranger-relay:".into(),
+            node_timeout_secs: 5.0,
             reports: OnOff(true),
             report_grace_secs: 60.0,
             pair_block_secs: 86400.0,
@@ -189,8 +218,17 @@ impl Config {
             // `TRUST_PROXY_HEADER=` (empty) means unset, as a shell user would expect.
             Ok(mut config) => {
                 config.trust_proxy_header.take_if(|h| h.is_empty());
+                config.redis_url.take_if(|u| u.is_empty());
+                config.cluster_secret.take_if(|s| s.0.is_empty());
                 if let Err(invalid) = config.safety().validate() {
                     eprintln!("stranger-relay: {invalid}");
+                    std::process::exit(2);
+                }
+                if config.redis_url.is_some() && config.cluster_secret.is_none() {
+                    eprintln!(
+                        "stranger-relay: CLUSTER_SECRET is required with REDIS_URL (at least {} characters, the same on every node)",
+                        crate::cluster::seal::MIN_SECRET_CHARS
+                    );
                     std::process::exit(2);
                 }
                 config
@@ -219,6 +257,9 @@ impl Config {
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs_f64(self.shutdown_grace_secs)
+    }
+    pub fn node_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.node_timeout_secs)
     }
 
     /// The safety settings as the rules in [`crate::safety`] take them.
@@ -272,6 +313,10 @@ fn one_line_error(err: &clap::Error) -> String {
             .to_string()
     });
     match env {
+        // A secret is not echoed, even a wrong one.
+        Some(env) if env == "CLUSTER_SECRET" => {
+            format!("invalid value for {env} (--{long}): {detail}")
+        }
         Some(env) => format!("invalid value {value:?} for {env} (--{long}): {detail}"),
         None => err
             .to_string()
@@ -352,6 +397,39 @@ fn log_filter(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(s)
         .map(|_| s.to_string())
         .map_err(|e| format!("not a log filter: {e}"))
+}
+
+fn redis_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    if !(s.starts_with("redis://") || s.starts_with("rediss://")) {
+        return Err("must be a redis:// or rediss:// URL".into());
+    }
+    redis::Client::open(s)
+        .map(|_| s.to_string())
+        .map_err(|_| "not a Redis URL".into())
+}
+
+fn cluster_secret(s: &str) -> Result<Secret, String> {
+    if s.is_empty() {
+        return Ok(Secret(String::new()));
+    }
+    if s.chars().count() < crate::cluster::seal::MIN_SECRET_CHARS {
+        return Err(format!(
+            "must be at least {} characters",
+            crate::cluster::seal::MIN_SECRET_CHARS
+        ));
+    }
+    Ok(Secret(s.to_string()))
+}
+
+fn redis_prefix(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c == '{' || c == '}') {
+        return Err("must be non-empty, without white space or braces".into());
+    }
+    Ok(s.to_string())
 }
 
 fn on_off(s: &str) -> Result<OnOff, String> {

@@ -21,6 +21,7 @@
 pub mod assets;
 pub mod cluster;
 pub mod config;
+pub mod crowd;
 pub mod limits;
 pub mod matchmaker;
 pub mod metrics;
@@ -47,6 +48,8 @@ use tracing::{info, warn};
 
 pub use config::Config;
 
+use crate::cluster::node::Node;
+use crate::crowd::Crowd;
 use crate::limits::ConnectionLimits;
 use crate::matchmaker::Matchmaker;
 use crate::metrics::Metrics;
@@ -77,7 +80,8 @@ const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct AppState {
     pub config: Config,
-    pub lobby: Lobby,
+    /// This node's crowd: alone in memory, or clustered on Redis (chosen at start-up).
+    pub crowd: Crowd,
     pub limits: Arc<ConnectionLimits>,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the graceful shutdown starts; every session listens to it.
@@ -91,21 +95,34 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config) -> Arc<AppState> {
+    /// The state of a server with `config`: a single node, or a node of a clustered crowd when
+    /// `REDIS_URL` is set (its tasks start here, in the caller's runtime).
+    pub fn new(config: Config) -> Result<Arc<AppState>> {
         let metrics = Arc::new(Metrics::new());
-        let matchmaker = Matchmaker::new(config.interest_wait(), config.rematch_cooldown());
         let limits = ConnectionLimits::new(&config).cap_total(descriptor_cap(&config));
         let standing = Arc::new(Standing::single_node(config.safety()));
-        Arc::new(AppState {
-            lobby: Lobby::new(matchmaker, metrics.clone(), standing.clone()),
+        let shutdown = CancellationToken::new();
+        let crowd = if config.redis_url.is_some() {
+            let node = Node::start(&config, metrics.clone(), standing.clone(), shutdown.clone())?;
+            Crowd::Cluster(node)
+        } else {
+            let matchmaker = Matchmaker::new(config.interest_wait(), config.rematch_cooldown());
+            Crowd::Local(Box::new(Lobby::new(
+                matchmaker,
+                metrics.clone(),
+                standing.clone(),
+            )))
+        };
+        Ok(Arc::new(AppState {
+            crowd,
             standing,
             limits: Arc::new(limits),
             metrics,
             config,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tasks: TaskTracker::new(),
             clock: limits::Clock::default(),
-        })
+        }))
     }
 }
 
@@ -141,7 +158,7 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    let state = AppState::new(config);
+    let state = AppState::new(config)?;
     let routes = warp::service(routes::routes(state.clone()));
     let timers = tokio::spawn(run_timers(state.clone()));
     let mut shutdown = std::pin::pin!(shutdown);
@@ -198,25 +215,27 @@ pub async fn serve(
     }
     drop(listener);
     let grace = state.config.shutdown_grace();
-    let open = state.lobby.stats().online;
+    let open = state.crowd.local_online();
     info!(
         open_sessions = open,
         grace_secs = grace.as_secs_f64(),
         "shutting down"
     );
     state.shutdown.cancel();
-    state.lobby.kill_all();
+    state.crowd.kill_all();
     state.tasks.close();
     if tokio::time::timeout(grace, state.tasks.wait())
         .await
         .is_err()
     {
         warn!(
-            left_open = state.lobby.stats().online,
+            left_open = state.crowd.local_online(),
             "grace period over; closing anyway"
         );
     }
     timers.abort();
+    // Clustered: the partners elsewhere have been told; leave the crowd's live set at once.
+    state.crowd.shutdown().await;
     info!("shutdown complete");
     Ok(())
 }
@@ -237,8 +256,7 @@ impl SpareDescriptor {
     async fn shed_one(&mut self, listener: &TcpListener) {
         if self.0.take().is_some() {
             // The failed accept says a connection is waiting; don't block if it went away.
-            let accepted =
-                tokio::time::timeout(Duration::from_millis(1), listener.accept()).await;
+            let accepted = tokio::time::timeout(Duration::from_millis(1), listener.accept()).await;
             drop(accepted);
         }
         *self = SpareDescriptor::new();
@@ -252,7 +270,7 @@ async fn run_timers(state: Arc<AppState>) {
     let mut forget = tokio::time::interval(FORGET_ADDRESSES_INTERVAL);
     loop {
         tokio::select! {
-            _ = tick.tick() => state.lobby.tick(),
+            _ = tick.tick() => state.crowd.tick().await,
             _ = forget.tick() => {
                 state.limits.forget_idle_addresses();
                 state.standing.purge();

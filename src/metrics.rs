@@ -18,7 +18,7 @@ use crate::safety::{Evictions, NotCounted, ReportOutcome};
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The crowd's counts, for `/api/stats` and the gauges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     pub online: usize,
     pub waiting: usize,
@@ -276,6 +276,33 @@ impl Metrics {
             .position(|c| *c == code)
             .expect("every code is listed");
         self.errors[index].inc();
+    }
+
+    /// A further counter in this registry (the clustered mode's, registered only when it runs).
+    pub fn counter(&self, name: &str, help: &str) -> IntCounter {
+        let c = IntCounter::new(name, help).expect("valid metric name");
+        self.registry
+            .register(Box::new(c.clone()))
+            .expect("registered once");
+        c
+    }
+
+    /// A further gauge in this registry.
+    pub fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        let g = IntGauge::new(name, help).expect("valid metric name");
+        self.registry
+            .register(Box::new(g.clone()))
+            .expect("registered once");
+        g
+    }
+
+    /// A further labelled counter family in this registry.
+    pub fn family(&self, name: &str, help: &str, label: &str) -> IntCounterVec {
+        let v = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric name");
+        self.registry
+            .register(Box::new(v.clone()))
+            .expect("registered once");
+        v
     }
 
     /// A challenge of `bits` was issued in `hello`.

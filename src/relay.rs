@@ -116,9 +116,51 @@ pub enum Kill {
 #[derive(Debug)]
 pub struct Link {
     pub room: RoomId,
-    pub partner: Arc<Peer>,
+    pub partner: Partner,
     /// This session sent a `msg` in the room (a report of it can count as a strike).
     pub sent_msg: bool,
+}
+
+/// The other side of a room.
+#[derive(Debug)]
+pub enum Partner {
+    /// On this node: frames go straight onto its queue.
+    Local(Arc<Peer>),
+    /// On another node of the crowd (clustered mode): frames go to this node's publisher, which
+    /// seals them and publishes them to that node's channel, in order.
+    Remote(RemotePartner),
+}
+
+/// A partner on another node: its address in the crowd, and the way there.
+#[derive(Debug, Clone)]
+pub struct RemotePartner {
+    pub node: u64,
+    pub session: SessionId,
+    pub outbox: flume::Sender<Outgoing>,
+}
+
+/// What a node sends to other nodes (clustered mode), in the order it was queued.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A partner's `msg` or `typing` frame for `session` on `node`, in `room`.
+    Chat {
+        node: u64,
+        session: SessionId,
+        room: RoomId,
+        frame: Utf8Bytes,
+    },
+    /// Anything else (a pairing, a departure), already encoded by the cluster module.
+    Control { node: u64, payload: Vec<u8> },
+}
+
+impl Partner {
+    /// The local partner, if it is on this node.
+    pub fn local(&self) -> Option<&Arc<Peer>> {
+        match self {
+            Partner::Local(peer) => Some(peer),
+            Partner::Remote(_) => None,
+        }
+    }
 }
 
 /// The last room of a session, as PROTOCOL.md's "What is held" table lists it.
@@ -176,20 +218,28 @@ impl Peer {
     /// are still in the same room.
     pub async fn relay_to_partner(&self, frame: Utf8Bytes, is_msg: bool) -> Result<(), RelayError> {
         let (room, partner) = {
-            let mut link = self.link_guard();
-            let Some(link) = link.as_mut() else {
+            let mut guard = self.link_guard();
+            let Some(link) = guard.as_mut() else {
                 return Err(RelayError::NotChatting);
             };
-            match link.partner.chat_slots.try_acquire() {
-                Ok(permit) => {
-                    permit.forget();
-                    link.partner.push_chat(frame);
-                    link.sent_msg |= is_msg;
-                    return Ok(());
-                }
-                Err(TryAcquireError::Closed) => return Err(RelayError::NotChatting),
-                Err(TryAcquireError::NoPermits) => (link.room, link.partner.clone()),
+            link.sent_msg |= is_msg;
+            match &link.partner {
+                Partner::Local(partner) => match partner.chat_slots.try_acquire() {
+                    Ok(permit) => {
+                        permit.forget();
+                        partner.push_chat(frame);
+                        return Ok(());
+                    }
+                    Err(TryAcquireError::Closed) => return Err(RelayError::NotChatting),
+                    Err(TryAcquireError::NoPermits) => (link.room, Ok(partner.clone())),
+                },
+                Partner::Remote(remote) => (link.room, Err(remote.clone())),
             }
+        };
+        let partner = match partner {
+            Ok(local) => local,
+            // Boxed: the clustered path would widen every session's future.
+            Err(remote) => return Box::pin(relay_remote(remote, room, frame)).await,
         };
         // Boxed: the slow path is rare, and inline its timer would widen every session's future.
         let wait = Box::pin(tokio::time::timeout(
@@ -204,17 +254,75 @@ impl Peer {
                 return Err(RelayError::Stalled);
             }
         }
-        let mut link = self.link_guard();
-        match link.as_mut() {
+        let link = self.link_guard();
+        match link.as_ref() {
             Some(link) if link.room == room => {
-                link.partner.push_chat(frame);
-                link.sent_msg |= is_msg;
+                partner.push_chat(frame);
                 Ok(())
             }
             _ => {
                 partner.chat_slot_freed();
                 Err(RelayError::NotChatting)
             }
+        }
+    }
+
+    /// A chat frame from a partner on another node, for `room`: queued if this session is
+    /// still in that room and its queue has a place. A node cannot make another node's sender
+    /// wait, so a reader whose queue is full is killed as stalled (1008), as a local sender's
+    /// wait would end after [`QUEUE_FULL_GRACE`].
+    pub fn push_remote_chat(&self, room: RoomId, frame: Utf8Bytes) {
+        let link = self.link_guard();
+        if !link
+            .as_ref()
+            .is_some_and(|l| l.room == room && matches!(l.partner, Partner::Remote(_)))
+        {
+            return; // a frame for a room this session has left: it reaches nobody
+        }
+        match self.chat_slots.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                self.push_chat(frame);
+            }
+            Err(_) => self.kill(Kill::Stalled),
+        }
+    }
+
+    /// Links this session to `partner` in `room` and queues `matched` (and, for a remote
+    /// partner, `before` to the outbox first, under the same lock, so that nothing this session
+    /// relays can overtake it).
+    pub fn link_to(&self, room: RoomId, partner: Partner, matched: &ServerFrame<'_>) {
+        let mut link = self.link_guard();
+        *link = Some(Link {
+            room,
+            partner,
+            sent_msg: false,
+        });
+        self.send_control(matched);
+    }
+
+    /// The room this session is in, with its remote partner if that is on another node.
+    pub fn remote_partner(&self) -> Option<(RoomId, RemotePartner)> {
+        match self.link_guard().as_ref() {
+            Some(Link {
+                room,
+                partner: Partner::Remote(remote),
+                ..
+            }) => Some((*room, remote.clone())),
+            _ => None,
+        }
+    }
+
+    /// Leaves the room `room` (if this session is still in it) and tells the client `frame`.
+    /// False when the session was not in that room (nothing changed).
+    pub fn unlink_room_and_tell(&self, room: RoomId, frame: &ServerFrame<'_>) -> bool {
+        let mut link = self.link_guard();
+        if link.as_ref().is_some_and(|l| l.room == room) {
+            *link = None;
+            self.send_control(frame);
+            true
+        } else {
+            false
         }
     }
 
@@ -290,10 +398,37 @@ impl Peer {
     }
 
     /// Leaves the room (if any) and tells the client with `frame`, as one step.
-    fn unlink_and_tell(&self, frame: &ServerFrame<'_>) {
+    pub fn unlink_and_tell(&self, frame: &ServerFrame<'_>) {
         let mut link = self.link_guard();
         *link = None;
         self.send_control(frame);
+    }
+}
+
+/// The clustered path of [`Peer::relay_to_partner`]: hand the frame to this node's publisher.
+/// Its queue is bounded; a full one makes the sender wait (backpressure), at most
+/// [`QUEUE_FULL_GRACE`].
+async fn relay_remote(
+    remote: RemotePartner,
+    room: RoomId,
+    frame: Utf8Bytes,
+) -> Result<(), RelayError> {
+    let item = Outgoing::Chat {
+        node: remote.node,
+        session: remote.session,
+        room,
+        frame,
+    };
+    match remote.outbox.try_send(item) {
+        Ok(()) => Ok(()),
+        Err(flume::TrySendError::Disconnected(_)) => Err(RelayError::NotChatting),
+        Err(flume::TrySendError::Full(item)) => {
+            match tokio::time::timeout(QUEUE_FULL_GRACE, remote.outbox.send_async(item)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(RelayError::NotChatting),
+                Err(_) => Err(RelayError::Stalled),
+            }
+        }
     }
 }
 
@@ -600,12 +735,12 @@ impl LobbyInner {
         let mut b_link = b.link_guard();
         *a_link = Some(Link {
             room: pairing.room,
-            partner: b.clone(),
+            partner: Partner::Local(b.clone()),
             sent_msg: false,
         });
         *b_link = Some(Link {
             room: pairing.room,
-            partner: a.clone(),
+            partner: Partner::Local(a.clone()),
             sent_msg: false,
         });
         let matched = ServerFrame::Matched {

@@ -76,12 +76,18 @@ pub fn routes(
         );
     // Every route but /ws answers HEAD like GET (hyper leaves the body out).
     let get_or_head = || warp::get().or(warp::head()).unify();
-    let healthz = warp::path!("healthz").and(get_or_head()).map(|| "ok");
+    let healthz = warp::path!("healthz")
+        .and(get_or_head())
+        .and(with_state.clone())
+        .map(|state: Arc<AppState>| match state.crowd.health() {
+            Ok(()) => warp::reply::with_status("ok", StatusCode::OK),
+            Err(reason) => warp::reply::with_status(reason, StatusCode::SERVICE_UNAVAILABLE),
+        });
     let stats = warp::path!("api" / "stats")
         .and(get_or_head())
         .and(with_state.clone())
         .map(|state: Arc<AppState>| {
-            let reply = warp::reply::json(&state.lobby.stats());
+            let reply = warp::reply::json(&state.crowd.stats());
             warp::reply::with_header(reply, header::CACHE_CONTROL, "no-store")
         });
     let metrics = warp::path!("metrics")
@@ -90,7 +96,7 @@ pub fn routes(
         .map(|state: Arc<AppState>| {
             let body = state
                 .metrics
-                .render(state.lobby.stats(), state.standing.gauges());
+                .render(state.crowd.stats(), state.standing.gauges());
             warp::reply::with_header(body, header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
         });
     let page = get_or_head()

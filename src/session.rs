@@ -107,7 +107,7 @@ async fn serve_session(
     if let Some(challenge) = &challenge {
         state.metrics.challenge(challenge.bits);
     }
-    let online = state.lobby.join(peer.clone(), challenge.as_ref());
+    let online = state.crowd.join(peer.clone(), challenge.as_ref()).await;
     // A shutdown that began while this socket was upgrading missed it in `kill_all`.
     if state.shutdown.is_cancelled() {
         peer.kill(Kill::Shutdown);
@@ -175,7 +175,7 @@ impl Reader<'_> {
         // Out of the room or queue first: the partner must not wait for our close handshake.
         // In a shutdown every socket is closed with 1012, so partners are not told `left` too.
         let tell_partner = ending.code != close::RESTARTING;
-        self.state.lobby.leave(self.peer.id, tell_partner);
+        self.state.crowd.leave(self.peer.id, tell_partner).await;
         let (code, reason) = ending.send.unwrap_or((0, ""));
         self.peer.send_close(code, reason);
         (ending, stream, self.frames_in, self.relayed)
@@ -270,7 +270,7 @@ impl Reader<'_> {
                 "slow down: over the rate limit",
             ));
         }
-        let lobby = &self.state.lobby;
+        let crowd = &self.state.crowd;
         let id = self.peer.id;
         match command {
             Command::Msg | Command::Typing => {
@@ -309,21 +309,23 @@ impl Reader<'_> {
                 let standing = &self.state.standing;
                 let challenge = self.challenge.as_deref();
                 let mut solved = false;
-                let result = lobby.find(id, || {
-                    let interests = envelope.interests()?;
-                    let pow = envelope.pow()?;
-                    if let Some(left) = standing.ban_left(self.peer.address) {
-                        return Err(Refusal::banned(retry_after_secs(left)));
-                    }
-                    if let Some(challenge) = challenge.filter(|c| c.bits > 0) {
-                        match pow {
-                            None => return Err(POW_REQUIRED),
-                            Some(pow) if !challenge.solved_by(&pow) => return Err(POW_INVALID),
-                            Some(_) => solved = true,
+                let result = crowd
+                    .find(id, || {
+                        let interests = envelope.interests()?;
+                        let pow = envelope.pow()?;
+                        if let Some(left) = standing.ban_left(self.peer.address) {
+                            return Err(Refusal::banned(retry_after_secs(left)));
                         }
-                    }
-                    Ok(interests)
-                });
+                        if let Some(challenge) = challenge.filter(|c| c.bits > 0) {
+                            match pow {
+                                None => return Err(POW_REQUIRED),
+                                Some(pow) if !challenge.solved_by(&pow) => return Err(POW_INVALID),
+                                Some(_) => solved = true,
+                            }
+                        }
+                        Ok(interests)
+                    })
+                    .await;
                 match result {
                     Ok(()) => {
                         // Admitted: no later `find` of this socket needs a proof.
@@ -343,12 +345,14 @@ impl Reader<'_> {
             Command::Skip | Command::Stop => {
                 let result = if command == Command::Skip {
                     let standing = &self.state.standing;
-                    lobby.skip(id, || match standing.ban_left(self.peer.address) {
-                        Some(left) => Err(Refusal::banned(retry_after_secs(left))),
-                        None => Ok(()),
-                    })
+                    crowd
+                        .skip(id, || match standing.ban_left(self.peer.address) {
+                            Some(left) => Err(Refusal::banned(retry_after_secs(left))),
+                            None => Ok(()),
+                        })
+                        .await
                 } else {
-                    lobby.stop(id).map_err(ControlError::from)
+                    crowd.stop(id).await.map_err(ControlError::from)
                 };
                 match result {
                     Ok(()) => Next::Continue,
@@ -359,7 +363,7 @@ impl Reader<'_> {
                     Err(ControlError::Refused(refusal)) => self.refuse(refusal),
                 }
             }
-            Command::Report => match lobby.report(id, || envelope.reason()) {
+            Command::Report => match crowd.report(id, || envelope.reason()).await {
                 Ok((reason, outcome)) => {
                     if let Some(outcome) = outcome {
                         self.state.metrics.reported(reason, outcome);
