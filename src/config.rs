@@ -85,8 +85,8 @@ pub struct Config {
     pub log: String,
 
     // Clustered mode (PROTOCOL.md, "Clustered mode").
-    /// `redis://` or `rediss://` URL of the Redis the nodes of one crowd share; unset: a single
-    /// node, all in memory.
+    /// `redis://` URL of the Redis the nodes of one crowd share (`rediss://` is not compiled in
+    /// yet); unset: a single node, all in memory.
     #[arg(long, env = "REDIS_URL", value_parser = redis_url)]
     pub redis_url: Option<String>,
     /// Required with REDIS_URL: at least 32 characters, the same on every node.
@@ -404,8 +404,12 @@ fn redis_url(s: &str) -> Result<String, String> {
     if s.is_empty() {
         return Ok(String::new());
     }
-    if !(s.starts_with("redis://") || s.starts_with("rediss://")) {
-        return Err("must be a redis:// or rediss:// URL".into());
+    if s.starts_with("rediss://") {
+        // Refused at start-up rather than failing at every connection attempt later.
+        return Err("rediss:// (TLS) is not compiled into this build yet; use redis://".into());
+    }
+    if !s.starts_with("redis://") {
+        return Err("must be a redis:// URL".into());
     }
     redis::Client::open(s)
         .map(|_| s.to_string())

@@ -117,3 +117,73 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Outages: the server killed (SIGKILL, as a crash or a lost machine would end it) and started
+/// again on the same port, empty (nothing is persisted).
+impl RedisServer {
+    /// The process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the server with SIGKILL and waits until it is gone and its port refuses
+    /// connections. Idempotent.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "port {} still accepts connections after redis-server was killed",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts a fresh server on the same port (stopping the running one first, if any) and
+    /// waits until it answers `PING`. Retries for a while if the port is briefly unavailable.
+    pub fn restart(&mut self) {
+        self.stop();
+        let bin = redis_server_path();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let mut child = Command::new(&bin)
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--daemonize", "no", "--loglevel", "warning"])
+                .arg("--dir")
+                .arg(&self.dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+            loop {
+                if pings(self.port) {
+                    self.child = child;
+                    return;
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // the port is not free yet: try again
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "redis-server did not restart on port {} within {START_TIMEOUT:?}",
+                        self.port
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server could not bind port {} again within {START_TIMEOUT:?}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
