@@ -1,12 +1,16 @@
 //! The load generator: `cargo bench --bench relay` measures stranger-relay and the Node + ws
 //! reference server side by side, each a child process on loopback with every limit raised,
-//! and prints one markdown table; `-- --smoke` runs every scenario small against the Rust server
-//! and checks correctness only.
+//! and prints one markdown table; `-- soak` churns ten thousand sessions through every path and
+//! fails on a leak; `-- growth` measures memory per session from 1 000 sessions to what the
+//! open-file limit allows; `-- --smoke` runs the table's scenarios and a soak small against
+//! the Rust server and checks correctness (and leaks) only.
 //!
 //! Scenarios (each in its own module): idle sockets and sockets in rooms (memory per
 //! connection), chat at two rates (CPU per relayed message, latency), churn (matches per second,
-//! CPU per match), slow readers (peak memory, what happens to them, the other rooms' latency).
-//! CPU and memory are read from outside the server, in `/proc`.
+//! CPU per match), slow readers (peak memory, what happens to them, the other rooms' latency),
+//! soak (every path of a session, then nothing left behind), growth (per-session cost against
+//! the crowd's size, repeated bursts). CPU and memory are read from outside the server, in
+//! `/proc`.
 
 #[path = "relay/chat.rs"]
 mod chat;
@@ -14,6 +18,8 @@ mod chat;
 mod churn;
 #[path = "relay/client.rs"]
 mod client;
+#[path = "relay/growth.rs"]
+mod growth;
 #[path = "relay/idle.rs"]
 mod idle;
 #[path = "relay/options.rs"]
@@ -26,12 +32,14 @@ mod report;
 mod server;
 #[path = "relay/slow_reader.rs"]
 mod slow_reader;
+#[path = "relay/soak.rs"]
+mod soak;
 
 use std::future::Future;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use options::Options;
+use options::{Options, Scenario};
 use report::Column;
 use server::{Kind, Server};
 
@@ -56,12 +64,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let needed = options.idle as u64 + 500;
+    let largest = match options.scenario {
+        Scenario::Growth if !options.smoke => options
+            .growth
+            .sizes
+            .iter()
+            .map(|size| size.resolve(nofile))
+            .chain([options.growth.burst_sessions])
+            .max()
+            .unwrap_or(0),
+        _ => options.idle,
+    };
+    let needed = largest as u64 + 500;
     if nofile < needed {
         eprintln!(
-            "relay bench: {} idle sockets need {needed} open files; the hard limit is {nofile} \
-             (raise it, or pass --idle)",
-            options.idle
+            "relay bench: {largest} sockets need {needed} open files; the hard limit is {nofile} \
+             (raise it, or pass --idle, --growth, --burst-sessions)"
         );
         return ExitCode::FAILURE;
     }
@@ -71,27 +89,45 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let args = args.into_iter().filter(|a| a != "--bench").collect();
     runtime.block_on(async move {
-        if options.smoke {
-            smoke(options).await
-        } else {
-            full(options, args, nofile).await
+        match (options.smoke, options.scenario) {
+            (true, _) => smoke(options).await,
+            (false, Scenario::Table) => full(options, args, nofile).await,
+            (false, Scenario::Soak) => soak_alone(options).await,
+            (false, Scenario::Growth) => growth_alone(options, args, nofile).await,
         }
     })
 }
 
-/// Every scenario against the Rust server, small; correctness only.
+/// Every scenario against the Rust server, small; correctness (and, for the soak, leaks) only.
+/// `-- --smoke soak`: the small soak alone.
 async fn smoke(options: Options) -> ExitCode {
     let (ticks, _) = procfs::clock_ticks_per_sec();
     let started = Instant::now();
-    let measured = measure(Kind::Rust, &options, ticks).await;
+    let mut measured = if options.scenario == Scenario::Soak {
+        Measured::default()
+    } else {
+        measure(Kind::Rust, &options, ticks).await
+    };
+    eprintln!("== rust: soak");
+    let soaked = soak::run(options.soak, ticks).await;
+    print!("{}", soaked.text);
+    if soaked.failures.is_empty() {
+        measured.passed += 1;
+    }
+    measured
+        .column
+        .failures
+        .extend(soaked.failures.into_iter().map(|f| format!("soak: {f}")));
     let failed = measured.column.failures.len();
     let passed = measured.passed;
     for failure in &measured.column.failures {
         println!("FAILED {failure}");
     }
     println!(
-        "smoke ({:.0} s): every scenario against the Rust server, small, correctness only",
-        started.elapsed().as_secs_f64()
+        "smoke ({:.0} s): every scenario against the Rust server, small, correctness only; a \
+         soak of {} connections checked for leaks",
+        started.elapsed().as_secs_f64(),
+        options.soak.round_sessions * (options.soak.rounds + 1)
     );
     println!("smoke: {passed} passed, {failed} failed");
     if failed == 0 {
@@ -204,6 +240,82 @@ async fn full(options: Options, args: Vec<String>, nofile: u64) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `-- soak`: the soak alone, printed and copied to `test-output/soak.md`.
+async fn soak_alone(options: Options) -> ExitCode {
+    let (ticks, _) = procfs::clock_ticks_per_sec();
+    let machine = procfs::Machine::describe();
+    let mut out = format!(
+        "## stranger-relay soak\n\n- date: {}\n- command: `cargo bench --bench relay -- soak`\n- \
+         machine: nproc {}, {} MiB memory, {}, {}\n- load average before: {}\n\n",
+        machine.date,
+        machine.cpus,
+        machine.mem_total_mib,
+        machine.cpu_model,
+        machine.kernel,
+        procfs::load_average()
+    );
+    let soaked = soak::run(options.soak, ticks).await;
+    out += &soaked.text;
+    for failure in &soaked.failures {
+        out += &format!("- FAILED: {failure}\n");
+    }
+    out += &format!(
+        "\nsoak: {}\n",
+        if soaked.failures.is_empty() {
+            "passed"
+        } else {
+            "FAILED"
+        }
+    );
+    finish(&out, "soak.md", soaked.failures.is_empty())
+}
+
+/// `-- growth`: memory against the crowd's size, printed and copied to `test-output/growth.md`.
+async fn growth_alone(options: Options, args: Vec<String>, nofile: u64) -> ExitCode {
+    let (ticks, _) = procfs::clock_ticks_per_sec();
+    let machine = procfs::Machine::describe();
+    for &kind in &options.servers {
+        if kind == Kind::Node
+            && let Err(e) = server::npm_ci_if_needed()
+        {
+            eprintln!("relay bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let mut out = format!(
+        "## stranger-relay growth\n\n- date: {}\n- command: `cargo bench --bench relay -- {}`\n- \
+         machine: nproc {}, {} MiB memory, {}, {}\n- load average before: {}\n",
+        machine.date,
+        args.join(" "),
+        machine.cpus,
+        machine.mem_total_mib,
+        machine.cpu_model,
+        machine.kernel,
+        procfs::load_average()
+    );
+    let grown = growth::run(&options.growth, &options.servers, nofile, ticks).await;
+    out += &format!("- load average after: {}\n\n", procfs::load_average());
+    out += &grown.text;
+    for failure in &grown.failures {
+        out += &format!("- FAILED: {failure}\n");
+    }
+    finish(&out, "growth.md", grown.failures.is_empty())
+}
+
+/// Prints `out`, copies it to `test-output/<file>`, and exits with success when `passed`.
+fn finish(out: &str, file: &str, passed: bool) -> ExitCode {
+    print!("{out}");
+    let copy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("test-output");
+    if std::fs::create_dir_all(&copy).is_ok() {
+        let _ = std::fs::write(copy.join(file), out);
+    }
+    if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -324,7 +436,7 @@ async fn stop(server: Server, tally: &mut Tally, column: &mut Column) {
 }
 
 /// A few rooms chat briefly, so that the baseline is taken from a server that has served.
-async fn warm_up(server: &Server, rooms: usize, ticks: u64) -> Result<(), String> {
+pub async fn warm_up(server: &Server, rooms: usize, ticks: u64) -> Result<(), String> {
     let open = chat::open_rooms(server, "w", rooms).await?;
     let load = chat::Load {
         rooms,

@@ -1,16 +1,19 @@
 //! The load generator's WebSocket client: connect (TCP_NODELAY, small buffers so that ten
-//! thousand sockets fit in one process), the frames it sends, and reading the server's frames
-//! with a deadline.
+//! thousand sockets fit in one process; optionally from a chosen loopback source address and
+//! with a client address in a proxy header), the frames it sends, and reading the server's
+//! frames with a deadline.
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, Stream, StreamExt};
 use serde::Deserialize;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
@@ -23,29 +26,90 @@ pub fn now_us() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64
 }
 
+/// How a load-generator socket reaches the server: from which loopback source address (one
+/// address has about 28 000 ephemeral ports; spreading sockets over several keeps big runs clear
+/// of that), with which client address in a trusted proxy header (so that each socket counts as
+/// its own address for the per-address limits), and with which receive buffer (a small one
+/// makes a reader that stops reading fill up sooner).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Dial {
+    pub source: Option<IpAddr>,
+    pub client_ip: Option<(&'static str, IpAddr)>,
+    pub recv_buffer: Option<u32>,
+}
+
+/// Source addresses [`Dial::spread`] cycles through: 127.0.0.2 to 127.0.0.17.
+pub const SOURCE_ADDRESSES: u32 = 16;
+
+impl Dial {
+    /// The `i`th socket of a large run: a source address of its own among [`SOURCE_ADDRESSES`].
+    pub fn spread(i: usize) -> Dial {
+        let host = 2 + (i as u32 % SOURCE_ADDRESSES);
+        Dial {
+            source: Some(IpAddr::V4(Ipv4Addr::from(0x7f00_0000 | host))),
+            ..Dial::default()
+        }
+    }
+}
+
 /// Opens a WebSocket to `addr` and reads its `hello`.
 pub async fn connect(addr: SocketAddr) -> Result<Ws, String> {
+    connect_with(addr, Dial::default()).await
+}
+
+/// Opens a WebSocket to `addr` as `dial` says and reads its `hello`.
+pub async fn connect_with(addr: SocketAddr, dial: Dial) -> Result<Ws, String> {
     let open = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let config = WebSocketConfig::default()
-            .read_buffer_size(4096)
-            .write_buffer_size(0);
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
-            format!("ws://{addr}/ws"),
-            tcp,
-            Some(config),
-        )
-        .await
-        .map_err(|e| format!("upgrade: {e}"))?;
+        let mut ws = upgrade(addr, dial).await?;
         expect(&mut ws, "hello", Duration::from_secs(10)).await?;
         Ok(ws)
     };
     tokio::time::timeout(Duration::from_secs(20), open)
         .await
         .map_err(|_| "connect: no hello within 20 s".to_string())?
+}
+
+/// Opens a WebSocket to `addr` as `dial` says, reading nothing after the upgrade (a refused
+/// connection gets its close frame instead of `hello`).
+pub async fn upgrade(addr: SocketAddr, dial: Dial) -> Result<Ws, String> {
+    let open = async {
+        let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+        if let Some(source) = dial.source {
+            socket.set_reuseaddr(true).map_err(|e| e.to_string())?;
+            socket
+                .bind(SocketAddr::new(source, 0))
+                .map_err(|e| format!("bind {source}: {e}"))?;
+        }
+        if let Some(bytes) = dial.recv_buffer {
+            socket
+                .set_recv_buffer_size(bytes)
+                .map_err(|e| e.to_string())?;
+        }
+        let tcp = socket
+            .connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        let mut request = format!("ws://{addr}/ws")
+            .into_client_request()
+            .map_err(|e| e.to_string())?;
+        if let Some((name, ip)) = dial.client_ip {
+            let value = HeaderValue::from_str(&ip.to_string()).map_err(|e| e.to_string())?;
+            request
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
+        }
+        let (ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
+            .await
+            .map_err(|e| format!("upgrade: {e}"))?;
+        Ok(ws)
+    };
+    tokio::time::timeout(Duration::from_secs(20), open)
+        .await
+        .map_err(|_| "connect: no upgrade within 20 s".to_string())?
 }
 
 /// A server frame, borrowed from the text it came in.
@@ -59,6 +123,8 @@ pub struct Frame<'a> {
     pub reason: Option<Cow<'a, str>>,
     #[serde(default)]
     pub common: Option<Vec<String>>,
+    #[serde(borrow, default)]
+    pub code: Option<Cow<'a, str>>,
 }
 
 pub fn parse(text: &str) -> Result<Frame<'_>, String> {

@@ -9,13 +9,36 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use crate::client::{self, Ws};
-use crate::procfs;
+use crate::client::{self, Dial, Ws};
+use crate::procfs::{self, KernelMemory};
 use crate::report::{Column, Value};
 use crate::server::Server;
 
 /// Handshakes (and later `find`s) in flight at once.
 pub const CONCURRENCY: usize = 200;
+
+/// What one idle run measured.
+pub struct Figures {
+    /// Sessions opened (an even number).
+    pub n: usize,
+    /// Server RSS in KiB: before (no session), with `n` idle sessions, with them in rooms.
+    pub baseline_kib: u64,
+    pub idle_kib: u64,
+    pub rooms_kib: u64,
+    pub open_secs: f64,
+    pub pair_secs: f64,
+    /// The machine's kernel memory at the same three moments (both ends of every socket).
+    pub kernel_before: KernelMemory,
+    pub kernel_idle: KernelMemory,
+    pub kernel_rooms: KernelMemory,
+}
+
+impl Figures {
+    /// Server RSS per session over the baseline, KiB.
+    pub fn per_session(&self, kib: u64) -> f64 {
+        kib.saturating_sub(self.baseline_kib) as f64 / self.n as f64
+    }
+}
 
 pub async fn run(
     server: &Server,
@@ -23,29 +46,78 @@ pub async fn run(
     settle: Duration,
     out: &mut Column,
 ) -> Result<(), String> {
+    let f = measure(server, n, settle, false).await?;
+    let n = f.n;
+    out.put(
+        "idle: server RSS before, MiB",
+        Value::num(f.baseline_kib as f64 / 1024.0, 1),
+    );
+    out.put(
+        &format!("idle: server KiB per connection, {n} idle sockets"),
+        Value::num(f.per_session(f.idle_kib), 2),
+    );
+    out.put(
+        &format!("idle: server KiB per connection, {n} sockets in rooms"),
+        Value::num(f.per_session(f.rooms_kib), 2),
+    );
+    out.put(
+        &format!("idle: server RSS with {n} sockets in rooms, MiB"),
+        Value::num(f.rooms_kib as f64 / 1024.0, 1),
+    );
+    out.put(
+        &format!("idle: time to open {n} sockets ({CONCURRENCY} in flight), s"),
+        Value::num(f.open_secs, 2),
+    );
+    out.put(
+        &format!("idle: time to pair {n} sockets, s"),
+        Value::num(f.pair_secs, 2),
+    );
+    Ok(())
+}
+
+/// Opens `n` sockets (spread over several loopback source addresses when `spread`), reads the
+/// RSS, pairs them all, reads it again, closes them and waits until the server is empty.
+pub async fn measure(
+    server: &Server,
+    n: usize,
+    settle: Duration,
+    spread: bool,
+) -> Result<Figures, String> {
     let n = n - n % 2;
     server.wait_empty().await?;
     tokio::time::sleep(settle).await;
     let baseline = procfs::settled_rss_kib(server.pid, 5, Duration::from_millis(200)).await?;
+    let kernel_before = KernelMemory::read();
 
     let opening = Instant::now();
     let addr = server.addr;
     let opened: Vec<Result<Ws, String>> = futures::stream::iter(0..n)
-        .map(|_| client::connect(addr))
+        .map(|i| {
+            let dial = if spread {
+                Dial::spread(i)
+            } else {
+                Dial::default()
+            };
+            client::connect_with(addr, dial)
+        })
         .buffer_unordered(CONCURRENCY)
         .collect()
         .await;
     let open_secs = opening.elapsed().as_secs_f64();
     let failures = opened.iter().filter(|r| r.is_err()).count();
-    let mut sockets: Vec<Ws> = opened.into_iter().filter_map(Result::ok).collect();
     if failures > 0 {
-        return Err(format!("{failures} of {n} connections failed to open"));
+        let first = opened.into_iter().find_map(Result::err).unwrap_or_default();
+        return Err(format!(
+            "{failures} of {n} connections failed to open: {first}"
+        ));
     }
+    let mut sockets: Vec<Ws> = opened.into_iter().filter_map(Result::ok).collect();
     server
         .wait_stats(Duration::from_secs(30), |s| s.online == n as u64)
         .await?;
     tokio::time::sleep(settle).await;
     let idle = procfs::settled_rss_kib(server.pid, 5, Duration::from_millis(200)).await?;
+    let kernel_idle = KernelMemory::read();
 
     // Everyone looks for a stranger; everyone must be paired.
     let pairing = Instant::now();
@@ -84,34 +156,20 @@ pub async fn run(
         .await?;
     tokio::time::sleep(settle).await;
     let rooms = procfs::settled_rss_kib(server.pid, 5, Duration::from_millis(200)).await?;
+    let kernel_rooms = KernelMemory::read();
 
     drop(sockets);
     server.wait_empty().await?;
 
-    let per = |kib: u64| kib.saturating_sub(baseline) as f64 / n as f64;
-    out.put(
-        "idle: server RSS before, MiB",
-        Value::num(baseline as f64 / 1024.0, 1),
-    );
-    out.put(
-        &format!("idle: server KiB per connection, {n} idle sockets"),
-        Value::num(per(idle), 2),
-    );
-    out.put(
-        &format!("idle: server KiB per connection, {n} sockets in rooms"),
-        Value::num(per(rooms), 2),
-    );
-    out.put(
-        &format!("idle: server RSS with {n} sockets in rooms, MiB"),
-        Value::num(rooms as f64 / 1024.0, 1),
-    );
-    out.put(
-        &format!("idle: time to open {n} sockets ({CONCURRENCY} in flight), s"),
-        Value::num(open_secs, 2),
-    );
-    out.put(
-        &format!("idle: time to pair {n} sockets, s"),
-        Value::num(pair_secs, 2),
-    );
-    Ok(())
+    Ok(Figures {
+        n,
+        baseline_kib: baseline,
+        idle_kib: idle,
+        rooms_kib: rooms,
+        open_secs,
+        pair_secs,
+        kernel_before,
+        kernel_idle,
+        kernel_rooms,
+    })
 }

@@ -3,13 +3,20 @@
 use std::time::Duration;
 
 use crate::chat::Load;
+use crate::growth::{self, Size};
 use crate::server::Kind;
 use crate::slow_reader;
+use crate::soak;
 
 pub const USAGE: &str = "\
-cargo bench --bench relay [-- OPTIONS]
+cargo bench --bench relay [-- [soak|growth] OPTIONS]
 
-  --smoke                 the Rust server only, small, correctness only (well under a minute)
+  (no scenario)           the table: idle, chat, churn, slow readers, both servers (~3 min)
+  soak                    10 000 sessions churned through every path, then a leak check (~2 min)
+  growth                  memory per session at 1 000 ... 19 000 sessions, and repeated bursts
+                          (~6 min with both servers)
+  --smoke                 the Rust server only, small, correctness only, the table's scenarios
+                          and a soak of 1 000 sessions (about a minute)
   --server rust|node|both which servers to measure [both]
   --idle N                idle sockets [10000]
   --chat ROOMSxRATE,...   chat configurations, rate per side per second [1000x5,100x200]
@@ -20,11 +27,26 @@ cargo bench --bench relay [-- OPTIONS]
   --slow-normal ROOMSxRATE  normal rooms beside them [200x5]
   --slow-secs T           seconds the normal rooms chat beside the slow readers [20]
   --slow-baseline-secs T  seconds of the same normal rooms alone [10]
+  --soak-sessions N       soak: connections per round [2000]
+  --soak-rounds K         soak: measured rounds after the warm-up round [5]
+  --growth N,N,...,max    growth: sizes; max = what the open-file limit allows [1000,5000,10000,max]
+  --bursts K              growth: bursts against one server [5]
+  --burst-sessions N      growth: sessions per burst [10000]
 ";
+
+/// Which scenarios run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// The side-by-side table (the default).
+    Table,
+    Soak,
+    Growth,
+}
 
 #[derive(Clone, Debug)]
 pub struct Options {
     pub smoke: bool,
+    pub scenario: Scenario,
     pub servers: Vec<Kind>,
     pub idle: usize,
     pub chat: Vec<Load>,
@@ -34,12 +56,15 @@ pub struct Options {
     /// Pause before an RSS reading, for the server to settle.
     pub settle: Duration,
     pub warm_up_rooms: usize,
+    pub soak: soak::Config,
+    pub growth: growth::Config,
 }
 
 impl Options {
     fn full() -> Options {
         Options {
             smoke: false,
+            scenario: Scenario::Table,
             servers: vec![Kind::Rust, Kind::Node],
             idle: 10_000,
             chat: vec![load(1000, 5.0, 15.0), load(100, 200.0, 15.0)],
@@ -52,12 +77,30 @@ impl Options {
             },
             settle: Duration::from_secs(2),
             warm_up_rooms: 200,
+            soak: soak::Config {
+                round_sessions: 2000,
+                rounds: 5,
+                settle: Duration::from_secs(2),
+            },
+            growth: growth::Config {
+                sizes: vec![
+                    Size::Sessions(1000),
+                    Size::Sessions(5000),
+                    Size::Sessions(10_000),
+                    Size::Max,
+                ],
+                bursts: 5,
+                burst_sessions: 10_000,
+                settle: Duration::from_secs(2),
+                warm_up_rooms: 200,
+            },
         }
     }
 
     fn smoke() -> Options {
         Options {
             smoke: true,
+            scenario: Scenario::Table,
             servers: vec![Kind::Rust],
             idle: 300,
             chat: vec![load(50, 5.0, 2.0), load(10, 50.0, 2.0)],
@@ -70,6 +113,12 @@ impl Options {
             },
             settle: Duration::from_millis(300),
             warm_up_rooms: 20,
+            soak: soak::Config {
+                round_sessions: 200,
+                rounds: 5,
+                settle: Duration::from_millis(500),
+            },
+            growth: Options::full().growth,
         }
     }
 
@@ -90,6 +139,21 @@ impl Options {
             };
             match arg.as_str() {
                 "--bench" | "--smoke" => {}
+                "soak" => o.scenario = Scenario::Soak,
+                "growth" => o.scenario = Scenario::Growth,
+                "--soak-sessions" => o.soak.round_sessions = number(arg, &value()?)?,
+                "--soak-rounds" => o.soak.rounds = number(arg, &value()?)?,
+                "--growth" => {
+                    o.growth.sizes = value()?
+                        .split(',')
+                        .map(|v| match v {
+                            "max" => Ok(Size::Max),
+                            n => number(arg, n).map(Size::Sessions),
+                        })
+                        .collect::<Result<_, _>>()?
+                }
+                "--bursts" => o.growth.bursts = number(arg, &value()?)?,
+                "--burst-sessions" => o.growth.burst_sessions = number(arg, &value()?)?,
                 "--help" | "-h" => return Ok(None),
                 "--server" => {
                     o.servers = match value()?.as_str() {

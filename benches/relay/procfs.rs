@@ -63,6 +63,90 @@ pub fn rss_kib(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| format!("{path}: no VmRSS"))
 }
 
+/// Open file descriptors of a process: the entries of `/proc/PID/fd`.
+pub fn open_fds(pid: u32) -> Result<usize, String> {
+    let path = format!("/proc/{pid}/fd");
+    std::fs::read_dir(&path)
+        .map(|dir| dir.count())
+        .map_err(|e| format!("{path}: {e}"))
+}
+
+/// The kernel's memory that sockets use, machine-wide: `Slab` of `/proc/meminfo`, the slab
+/// caches that every TCP socket takes objects from (`/proc/slabinfo`, root only: empty
+/// otherwise) and the pages of TCP buffers (`mem` of the `TCP:` line of `/proc/net/sockstat`).
+#[derive(Clone, Debug, Default)]
+pub struct KernelMemory {
+    pub slab_kib: u64,
+    /// (cache, active objects, bytes of those objects).
+    pub caches: Vec<(String, u64, u64)>,
+    pub tcp_buffer_pages: u64,
+}
+
+/// The slab caches a TCP socket with a descriptor in an epoll set takes objects from: the
+/// socket itself, its inode, its dentry, its `struct file`, its epoll entry and wait queue hook.
+pub const SOCKET_CACHES: &[&str] = &[
+    "TCP",
+    "sock_inode_cache",
+    "dentry",
+    "filp",
+    "eventpoll_epi",
+    "eventpoll_pwq",
+];
+
+impl KernelMemory {
+    pub fn read() -> KernelMemory {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let slab_kib = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("Slab:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        let slabinfo = std::fs::read_to_string("/proc/slabinfo").unwrap_or_default();
+        let caches = slabinfo
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let name = *fields.first()?;
+                if !SOCKET_CACHES.contains(&name) {
+                    return None;
+                }
+                let active: u64 = fields.get(1)?.parse().ok()?;
+                let size: u64 = fields.get(3)?.parse().ok()?;
+                Some((name.to_string(), active, active * size))
+            })
+            .collect();
+        let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+        let tcp_buffer_pages = sockstat
+            .lines()
+            .find_map(|l| l.strip_prefix("TCP:"))
+            .and_then(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.iter()
+                    .position(|w| *w == "mem")
+                    .and_then(|i| f.get(i + 1)?.parse().ok())
+            })
+            .unwrap_or(0);
+        KernelMemory {
+            slab_kib,
+            caches,
+            tcp_buffer_pages,
+        }
+    }
+
+    /// Bytes of the objects of [`SOCKET_CACHES`].
+    pub fn socket_cache_bytes(&self) -> u64 {
+        self.caches.iter().map(|(_, _, bytes)| bytes).sum()
+    }
+
+    /// Active objects of one cache.
+    pub fn objects(&self, cache: &str) -> u64 {
+        self.caches
+            .iter()
+            .find(|(name, _, _)| name == cache)
+            .map_or(0, |(_, n, _)| *n)
+    }
+}
+
 /// The mean of `samples` RSS readings taken `every` apart: steadier than one reading.
 pub async fn settled_rss_kib(pid: u32, samples: u32, every: Duration) -> Result<u64, String> {
     let mut sum = 0;

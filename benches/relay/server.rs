@@ -36,7 +36,9 @@ impl Kind {
 }
 
 /// The settings every run uses: every limit so high that only the machine limits the load.
-/// `INTEREST_WAIT_SECS` is long so that two sockets given the same unique interest are always
+/// `POW_MAX_BITS=0` and `REPORTS=off` keep a server that has PROTOCOL.md's safety section to
+/// version 1 (its proof of work would otherwise be asked of an address that connects this
+/// often); a server without it ignores them. `INTEREST_WAIT_SECS` is long so that two sockets given the same unique interest are always
 /// paired with each other (how the chat scenarios build rooms whose two sides they know).
 pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("HOST", "127.0.0.1"),
@@ -52,6 +54,8 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("INTEREST_WAIT_SECS", "3600"),
     ("SHUTDOWN_GRACE_SECS", "2"),
     ("RUST_LOG", "warn"),
+    ("POW_MAX_BITS", "0"),
+    ("REPORTS", "off"),
 ];
 
 /// Where the Node reference lives.
@@ -105,6 +109,11 @@ pub struct Server {
 impl Server {
     /// Starts the server on a free port of 127.0.0.1 and waits (at most 20 s) for `/healthz`.
     pub async fn start(kind: Kind) -> Result<Server, String> {
+        Server::start_with(kind, &[]).await
+    }
+
+    /// As [`Server::start`], with `extra` set after (over) [`ENVIRONMENT`].
+    pub async fn start_with(kind: Kind, extra: &[(&str, &str)]) -> Result<Server, String> {
         let port = free_port()?;
         let log =
             Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-{}.log", kind.short()));
@@ -122,6 +131,7 @@ impl Server {
         command
             .env_remove("TRUST_PROXY_HEADER")
             .envs(ENVIRONMENT.iter().copied())
+            .envs(extra.iter().copied())
             .env("PORT", port.to_string())
             .stdin(Stdio::null())
             .stdout(log_file)
@@ -176,6 +186,22 @@ impl Server {
             waiting: n("waiting")?,
             rooms: n("rooms")?,
         })
+    }
+
+    /// The samples of `/metrics` (Prometheus text): `name{labels}` and value, in order.
+    pub async fn metrics(&self) -> Result<Vec<(String, f64)>, String> {
+        let (status, body) = http_get(self.addr, "/metrics").await?;
+        if status != 200 {
+            return Err(format!("/metrics answered {status}"));
+        }
+        Ok(body
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (name, value) = line.rsplit_once(' ')?;
+                Some((name.trim().to_string(), value.trim().parse().ok()?))
+            })
+            .collect())
     }
 
     /// Polls `/api/stats` until `want` holds, for at most `limit`; the last stats either way.
