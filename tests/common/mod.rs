@@ -58,6 +58,16 @@ impl TestServer {
         }
     }
 
+    /// A handle on a server that runs elsewhere (e.g. the binary as a child process) at `addr`,
+    /// for the client and HTTP helpers; dropping it stops nothing, and it cannot be shut down.
+    pub fn at(addr: SocketAddr) -> TestServer {
+        TestServer {
+            addr,
+            stop: None,
+            handle: None,
+        }
+    }
+
     pub async fn start_default() -> TestServer {
         TestServer::start(test_config()).await
     }
