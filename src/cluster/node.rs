@@ -59,6 +59,12 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 const UNHEALTHY_AFTER: Duration = Duration::from_millis(1500);
 /// Longest wait between reconnection attempts (with jitter, by the connection manager).
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
+/// How often the node checks whether it has been cut off from Redis for `NODE_TIMEOUT_SECS`:
+/// on its own timer, not the beat's, which waits for Redis ("within 1 s of that").
+const CUT_OFF_CHECK: Duration = Duration::from_millis(200);
+/// How long a `matched` notice for a node that is not listening yet (its subscription is being
+/// renewed after Redis came back) is retried: covers the longest reconnection wait.
+const MATCHED_RETRY_FOR: Duration = Duration::from_secs(3);
 /// Messages waiting for the publisher: bounded memory; a full queue makes senders wait.
 const OUTBOX_DEPTH: usize = 8192;
 /// How long a shutdown waits for the publisher to tell other nodes that its rooms ended.
@@ -282,6 +288,7 @@ impl Node {
             node.clone()
                 .subscribe(sub, push_rx, opener, shutdown.clone()),
         );
+        tokio::spawn(node.clone().watch_cut_off(shutdown.clone()));
         tokio::spawn(node.clone().beat(shutdown));
         Ok(node)
     }
@@ -770,18 +777,31 @@ impl Node {
                     (node, scratch.as_slice())
                 }
             };
+            let matched = payload.first() == Some(&KIND_MATCHED);
             let envelope = sealer.seal(seal_id(node), payload);
-            let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                .arg(self.channel(node))
-                .arg(envelope)
-                .query_async(&mut conn)
-                .await;
-            match sent {
-                Ok(_) => self.cluster.frames_out.inc(),
-                Err(_) => {
-                    self.cluster.frames_dropped.inc();
-                    self.cluster.redis_errors.inc();
+            let channel = self.channel(node);
+            let started = Instant::now();
+            loop {
+                let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(&envelope)
+                    .query_async(&mut conn)
+                    .await;
+                match sent {
+                    // Nobody listening: the partner's node is renewing its subscription (Redis
+                    // just came back). A lost `matched` would leave its session waiting for a
+                    // room that its partner is in, so that one is tried again, in order.
+                    Ok(0) if matched && started.elapsed() < MATCHED_RETRY_FOR => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    Ok(_) => self.cluster.frames_out.inc(),
+                    Err(_) => {
+                        self.cluster.frames_dropped.inc();
+                        self.cluster.redis_errors.inc();
+                    }
                 }
+                break;
             }
             self.published.fetch_add(1, Ordering::AcqRel);
         }
@@ -796,19 +816,22 @@ impl Node {
         shutdown: CancellationToken,
     ) {
         let channel = self.channel(self.me);
-        let mut backoff = Duration::from_millis(50);
-        while sub.subscribe(&channel).await.is_err() {
-            if shutdown.is_cancelled() {
-                return;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(RECONNECT_MAX_DELAY);
+        if !subscribe_until_done(&mut sub, &channel, &shutdown).await {
+            return;
         }
         loop {
             let push = tokio::select! {
                 push = pushes.recv() => match push { Some(push) => push, None => return },
                 _ = shutdown.cancelled() => return,
             };
+            if push.kind == PushKind::Disconnection {
+                // The manager reconnects (and resubscribes) by itself, but gives up after a few
+                // tries while Redis stays away: asking again until it is back makes it go on.
+                if !subscribe_until_done(&mut sub, &channel, &shutdown).await {
+                    return;
+                }
+                continue;
+            }
             if push.kind != PushKind::Message {
                 continue;
             }
@@ -911,7 +934,6 @@ impl Node {
         let mut every = tokio::time::interval(BEAT_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let crowd_script = Script::new(CROWD_SCRIPT);
-        let mut cut_off_handled = false;
         loop {
             tokio::select! {
                 _ = every.tick() => {}
@@ -963,7 +985,6 @@ impl Node {
                 match reply {
                     Ok(Ok(fields)) => {
                         let live = self.crowd_seen(&fields);
-                        cut_off_handled = false;
                         self.end_rooms_with_dead_nodes(&live).await;
                     }
                     _ => self.cluster.redis_errors.inc(),
@@ -973,13 +994,23 @@ impl Node {
             let last_ok = self.view().last_ok;
             let healthy = last_ok.is_some_and(|at| at.elapsed() < UNHEALTHY_AFTER);
             self.cluster.redis_up.set(i64::from(healthy));
-            // Cut off for the node timeout: the crowd takes this node for dead; its cross-node
-            // rooms end here too.
-            let cut_off = last_ok.is_none_or(|at| at.elapsed() >= self.node_timeout);
-            if cut_off && !cut_off_handled {
-                cut_off_handled = true;
-                let live: HashSet<u64> = HashSet::from([self.me]);
-                self.end_rooms_with_dead_nodes(&live).await;
+        }
+    }
+
+    /// Cut off from Redis for the node timeout, the crowd takes this node for dead: its
+    /// cross-node rooms end here too, as soon as that is so (whatever the beat is waiting for).
+    async fn watch_cut_off(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(CUT_OFF_CHECK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let alone: HashSet<u64> = HashSet::from([self.me]);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let last_ok = self.view().last_ok;
+            if last_ok.is_none_or(|at| at.elapsed() >= self.node_timeout) {
+                self.end_rooms_with_dead_nodes(&alone).await;
             }
         }
     }
@@ -1014,36 +1045,44 @@ impl Node {
         live
     }
 
+    /// Ends the rooms of this node's sessions whose partner's node is not in `live`: each side
+    /// here hears `left` `disconnected` at once, before the engine's lock is taken (a control
+    /// command may hold it for a Redis round trip that does not come back), then the engine
+    /// forgets the rooms.
     async fn end_rooms_with_dead_nodes(&self, live: &HashSet<u64>) {
-        let peers: Vec<Arc<Peer>> = self
+        let ended: Vec<(SessionId, RoomId, Addr)> = self
             .local()
             .peers
             .values()
-            .filter(|p| {
-                p.remote_partner()
-                    .is_some_and(|(_, r)| !live.contains(&r.node))
-            })
-            .cloned()
-            .collect();
-        if peers.is_empty() {
-            return;
-        }
-        let mut engine = self.engine.lock().await;
-        self.end_rooms_of(&mut engine, &peers);
-    }
-
-    /// These sessions' partners' nodes are dead: their rooms end, `left` `disconnected`.
-    fn end_rooms_of(&self, engine: &mut ClusterMatching, peers: &[Arc<Peer>]) {
-        let now = now_ms();
-        for peer in peers {
-            if let Some(ClusterState::Chatting { partner, room }) = engine.state(peer.id) {
-                engine.remote_left(peer.id, partner, room, false, now);
-                peer.unlink_room_and_tell(
+            .filter_map(|peer| {
+                let (room, remote) = peer.remote_partner()?;
+                if live.contains(&remote.node) {
+                    return None;
+                }
+                let told = peer.unlink_room_and_tell(
                     room,
                     &ServerFrame::Left {
                         reason: LeftReason::Disconnected,
                     },
                 );
+                told.then_some((
+                    peer.id,
+                    room,
+                    Addr {
+                        node: remote.node,
+                        session: remote.session,
+                    },
+                ))
+            })
+            .collect();
+        if ended.is_empty() {
+            return;
+        }
+        let mut engine = self.engine.lock().await;
+        let now = now_ms();
+        for (id, room, partner) in ended {
+            if engine.state(id) == Some(ClusterState::Chatting { partner, room }) {
+                engine.remote_left(id, partner, room, false, now);
             }
         }
     }
@@ -1094,6 +1133,30 @@ impl Node {
             }
             self.enqueue(&mut engine, id, interests).await;
         }
+    }
+}
+
+/// Subscribes to `channel` (which also makes the manager reconnect), again and again with
+/// backoff and jitter until Redis takes it; false when the node shuts down first.
+async fn subscribe_until_done(
+    sub: &mut ConnectionManager,
+    channel: &str,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if shutdown.is_cancelled() {
+            return false;
+        }
+        if let Ok(Ok(())) = tokio::time::timeout(REDIS_TIMEOUT, sub.subscribe(channel)).await {
+            return true;
+        }
+        let jitter = rand::random_range(0..=backoff.as_millis() as u64 / 2);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff + Duration::from_millis(jitter)) => {}
+            _ = shutdown.cancelled() => return false,
+        }
+        backoff = (backoff * 2).min(RECONNECT_MAX_DELAY);
     }
 }
 
