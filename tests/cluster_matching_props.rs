@@ -1,6 +1,7 @@
 //! The clustered matching engine (src/cluster/matching.rs, Lua scripts on a real redis-server)
 //! against the definition of the rules, the pure `Matchmaker`: the same random sequences of
-//! register/find/skip/stop/close and clock steps go to both, and after every step the same pairs
+//! register/find/skip/stop/close, pair blocks (as a report writes them in Redis) and clock
+//! steps go to both, and after every step the same pairs
 //! (as unordered pairs, with the same `common` as a set), the same departures and the same
 //! state of every session must come out. Then: two nodes on one Redis match across nodes; a
 //! dead node's waiting session is never matched; every key has the prefix and a TTL and no
@@ -30,6 +31,33 @@ const PREFIX: &str = "test-relay:";
 /// The engine's clock: milliseconds, starting anywhere.
 const T0: u64 = 1_800_000_000_000;
 const CASES: u32 = 2000;
+
+/// Client addresses of the sessions (slot % ADDRESSES): several sessions share one, as tabs
+/// behind one NAT do, so that pair blocks also hold within one address.
+const ADDRESSES: u64 = 3;
+
+/// The address key (hex) of a session slot's address: what the node passes to the engine.
+fn address_key(slot: u64) -> String {
+    format!("{:032x}", 0xa11ce_u64 + slot % ADDRESSES)
+}
+
+/// A pair block, as the safety store writes it: the key names both address keys in order, the
+/// value is its end (ms); a later block of the same pair never ends sooner.
+async fn block(conn: &mut ConnectionManager, a: u64, b: u64, end: u64, now: u64) {
+    let (x, y) = (address_key(a), address_key(b));
+    let (lo, hi) = if x < y { (x, y) } else { (y, x) };
+    let key = format!("{PREFIX}pairblock:{lo}:{hi}");
+    let old: Option<u64> = redis::cmd("GET").arg(&key).query_async(conn).await.unwrap();
+    let end = old.unwrap_or(0).max(end);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(end)
+        .arg("PX")
+        .arg(end - now + 1000)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
 
 /// A deterministic stand-in for the keyed hash of `cluster::keys` (the engine must not care).
 fn hash(s: &str) -> String {
@@ -77,6 +105,8 @@ enum Op {
     Reopen(u64),
     /// Advance the clock by this many milliseconds and run the timers.
     Tick(u64),
+    /// A report pair-blocks the addresses of these two slots for this many milliseconds.
+    Block(u64, u64, u64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -86,9 +116,10 @@ fn op() -> impl Strategy<Value = Op> {
         2 => id.clone().prop_map(Op::Skip),
         1 => id.clone().prop_map(Op::Stop),
         1 => id.clone().prop_map(Op::Close),
-        1 => id.prop_map(Op::Reopen),
+        1 => id.clone().prop_map(Op::Reopen),
         // Clock steps that land on the interest wait and the cooldown, and between them.
         3 => prop_oneof![0u64..7000, Just(5000), Just(10_000), Just(2500), Just(4999), Just(9999), Just(1)].prop_map(Op::Tick),
+        1 => (id.clone(), id.clone(), prop_oneof![Just(3000u64), Just(5000), 1000u64..20_000]).prop_map(|(a, b, d)| Op::Block(a, b, d)),
     ]
 }
 
@@ -154,6 +185,14 @@ async fn run_case(conn: &mut ConnectionManager, ops: Vec<Op>) -> Result<(), Test
     let id_of = |slot: u64, generation: &[u64]| slot * 1000 + generation[slot as usize];
     let mut live: HashSet<u64> = HashSet::new();
     let mut closed: HashSet<u64> = HashSet::new();
+    // Pair blocks of the pure side: (address, address, end).
+    let mut blocks: Vec<(u64, u64, Instant)> = Vec::new();
+    let is_blocked = |blocks: &[(u64, u64, Instant)], a: u64, b: u64, now: Instant| {
+        let (a, b) = ((a / 1000) % ADDRESSES, (b / 1000) % ADDRESSES);
+        blocks
+            .iter()
+            .any(|&(x, y, end)| end > now && ((x, y) == (a, b) || (x, y) == (b, a)))
+    };
     for slot in 0..SESSIONS {
         let id = id_of(slot, &generation);
         pure.register(id);
@@ -171,7 +210,14 @@ async fn run_case(conn: &mut ConnectionManager, ops: Vec<Op>) -> Result<(), Test
             Op::Find(slot, tags) => {
                 let id = id_of(*slot, &generation);
                 let names: Vec<&str> = tags.iter().map(|&t| TAGS[t]).collect();
-                let p = pure.find(id, names.iter().map(|s| s.to_string()).collect(), now);
+                let blocked = |a, b| is_blocked(&blocks, a, b, now);
+                let p = pure.find_with(
+                    id,
+                    names.iter().map(|s| s.to_string()).collect(),
+                    now,
+                    &blocked,
+                );
+                engine.set_pair_keys(id, vec![address_key(*slot)]);
                 let e = engine
                     .find(id, names.iter().map(|s| interest(s)).collect(), now_ms)
                     .await;
@@ -187,7 +233,9 @@ async fn run_case(conn: &mut ConnectionManager, ops: Vec<Op>) -> Result<(), Test
             }
             Op::Skip(slot) => {
                 let id = id_of(*slot, &generation);
-                let p = pure.skip(id, now);
+                let blocked = |a, b| is_blocked(&blocks, a, b, now);
+                let p = pure.skip_with(id, now, &blocked);
+                engine.set_pair_keys(id, vec![address_key(*slot)]);
                 let e = engine.skip(id, now_ms).await;
                 match (p, e) {
                     (Ok(p), Ok(e)) => {
@@ -249,11 +297,26 @@ async fn run_case(conn: &mut ConnectionManager, ops: Vec<Op>) -> Result<(), Test
                     live.insert(id);
                 }
             }
+            Op::Block(a, b, ms) => {
+                let (x, y) = (a % ADDRESSES, b % ADDRESSES);
+                blocks.push((x, y, now + Duration::from_millis(*ms)));
+                block(conn, *a, *b, now_ms + ms, now_ms).await;
+            }
             Op::Tick(ms) => {
+                let before = now;
                 elapsed += ms;
                 let now = start + Duration::from_millis(elapsed);
                 let now_ms = T0 + elapsed;
-                let p: Vec<Pair> = pure.tick(now).iter().map(pure_pair).collect();
+                // The lobby: the timers, then, when a pair block ended, `rematch`.
+                let blocked = |a, b| is_blocked(&blocks, a, b, now);
+                let mut p: Vec<Pair> = pure
+                    .tick_with(now, &blocked)
+                    .iter()
+                    .map(pure_pair)
+                    .collect();
+                if blocks.iter().any(|&(_, _, end)| end > before && end <= now) {
+                    p.extend(pure.rematch(now, &blocked).iter().map(pure_pair));
+                }
                 let (matches, errors) = engine.tick(now_ms).await;
                 prop_assert!(errors.is_empty(), "tick errors: {:?}", errors);
                 let e = matches
@@ -269,7 +332,7 @@ async fn run_case(conn: &mut ConnectionManager, ops: Vec<Op>) -> Result<(), Test
                     "timer {:?} left behind",
                     next
                 );
-                prop_assert_eq!(pure.compatible_waiting_pair(now), None);
+                prop_assert_eq!(pure.compatible_waiting_pair_with(now, &blocked), None);
             }
         }
         for id in live.iter().chain(closed.iter()) {

@@ -223,6 +223,12 @@ pub struct ClusterSession {
     cooldowns: BTreeMap<Addr, u64>,
     /// A rescan after a truncated scan (ms).
     rescan_at: Option<u64>,
+    /// When the earliest pair block that kept a partner away from this session ends (ms): then
+    /// the node's waiting sessions are matched again, as the lobby's `rematch` does.
+    unblock_at: Option<u64>,
+    /// The session's address keys (hex, current and previous epoch), for pair blocks; empty
+    /// when the safety extension does not apply.
+    pair_keys: Vec<String>,
 }
 
 /// A pairing made by this node. `a` is the local session whose operation made it.
@@ -328,11 +334,13 @@ fn protocol_error(what: &str) -> Error {
     )))
 }
 
-/// A parsed script reply: `{status, seq, truncated, partner, room, common...}`.
+/// A parsed script reply: `{status, seq, truncated, blocked until, partner, room, common...}`.
 struct Reply {
     status: String,
     seq: u64,
     truncated: bool,
+    /// The earliest end (ms) of the pair blocks that kept a candidate away, 0 for none.
+    blocked_until: u64,
     partner: Option<Addr>,
     room: Option<RoomId>,
     common: Vec<String>,
@@ -340,14 +348,14 @@ struct Reply {
 
 impl Reply {
     fn parse(fields: &[String]) -> Result<Reply, Error> {
-        if fields.len() < 5 {
+        if fields.len() < 6 {
             return Err(protocol_error("short reply"));
         }
-        let partner = match fields[3].as_str() {
+        let partner = match fields[4].as_str() {
             "" => None,
             s => Some(Addr::decode(s).ok_or_else(|| protocol_error("address"))?),
         };
-        let room = match fields[4].as_str() {
+        let room = match fields[5].as_str() {
             "" => None,
             s => Some(s.parse().map_err(|_| protocol_error("room"))?),
         };
@@ -355,9 +363,10 @@ impl Reply {
             status: fields[0].clone(),
             seq: fields[1].parse().map_err(|_| protocol_error("seq"))?,
             truncated: fields[2] == "1",
+            blocked_until: fields[3].parse().map_err(|_| protocol_error("blocked"))?,
             partner,
             room,
-            common: fields[5..].to_vec(),
+            common: fields[6..].to_vec(),
         })
     }
 }
@@ -558,6 +567,7 @@ impl ClusterMatching {
                 Status::Waiting { .. } => {
                     s.status = Status::Idle;
                     s.rescan_at = None;
+                    s.unblock_at = None;
                     revival.requeue.push(id);
                 }
                 Status::Chatting { partner, room } if partner.node != self.node => {
@@ -579,6 +589,8 @@ impl ClusterMatching {
             status: Status::Idle,
             cooldowns: BTreeMap::new(),
             rescan_at: None,
+            unblock_at: None,
+            pair_keys: Vec::new(),
         };
         let previous = self.sessions.insert(id, fresh);
         debug_assert!(previous.is_none(), "session ids are unique");
@@ -591,6 +603,16 @@ impl ClusterMatching {
             Status::Waiting { .. } => ClusterState::Waiting,
             Status::Chatting { partner, room } => ClusterState::Chatting { partner, room },
         })
+    }
+
+    /// Sets the address keys (hex, free of white space) under which the session's pair blocks
+    /// are looked up: its address's key of the current epoch and of the previous one. The node
+    /// sets them before each `find`, `skip` or `requeue` (keys rotate); they go into Redis with
+    /// the session's queue entry.
+    pub fn set_pair_keys(&mut self, id: SessionId, keys: Vec<String>) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.pair_keys = keys;
+        }
     }
 
     /// Local sessions registered and not closed.
@@ -621,6 +643,7 @@ impl ClusterMatching {
             out.push(t);
         }
         out.extend(s.rescan_at);
+        out.extend(s.unblock_at);
         out
     }
 
@@ -704,7 +727,8 @@ impl ClusterMatching {
             .arg(opens_at)
             .arg(cool.map(|(p, _)| p.encode()).unwrap_or_default())
             .arg(cool_until)
-            .arg(cool_px);
+            .arg(cool_px)
+            .arg(session.pair_keys.join(" "));
         for i in &interests {
             inv.arg(&i.hash);
         }
@@ -731,6 +755,7 @@ impl ClusterMatching {
         let session = self.sessions.get_mut(&id).expect("checked above");
         session.interests = interests;
         session.rescan_at = None;
+        session.unblock_at = None;
         session.status = Status::Waiting {
             seq: reply.seq,
             opens_at: (opens_at != 0).then_some(opens_at),
@@ -752,6 +777,7 @@ impl ClusterMatching {
         let session = self.sessions.get_mut(&id).expect("checked above");
         session.status = Status::Idle;
         session.rescan_at = None;
+        session.unblock_at = None;
         Ok(departure)
     }
 
@@ -858,6 +884,7 @@ impl ClusterMatching {
     /// Errors of single retries are returned after the others ran, with their session.
     pub async fn tick(&mut self, now: u64) -> (Vec<Match>, Vec<(SessionId, Error)>) {
         let mut candidates: BTreeMap<u64, SessionId> = BTreeMap::new();
+        let mut rematch = false;
         while let Some(&(at, id)) = self.timers.first() {
             if at > now {
                 break;
@@ -880,6 +907,10 @@ impl ClusterMatching {
                 s.rescan_at = None;
                 due = true;
             }
+            if s.unblock_at.is_some_and(|t| t <= now) {
+                s.unblock_at = None;
+                rematch = true;
+            }
             if let (true, Status::Waiting { seq, .. }) = (due, &s.status) {
                 candidates.insert(*seq, id);
             }
@@ -891,6 +922,25 @@ impl ClusterMatching {
             match self.retry(id, now).await {
                 Ok(p) => pairings.extend(p),
                 Err(e) => errors.push((id, e)),
+            }
+        }
+        if rematch {
+            // A pair block ended: like the lobby's `rematch`, every waiting session here is
+            // tried again, longest waiting first (pair blocks are rare: this is too).
+            let mut waiting: Vec<(u64, SessionId)> = self
+                .sessions
+                .iter()
+                .filter_map(|(&id, s)| match s.status {
+                    Status::Waiting { seq, .. } => Some((seq, id)),
+                    _ => None,
+                })
+                .collect();
+            waiting.sort_unstable();
+            for (_, id) in waiting {
+                match self.retry(id, now).await {
+                    Ok(p) => pairings.extend(p),
+                    Err(e) => errors.push((id, e)),
+                }
             }
         }
         (pairings, errors)
@@ -916,6 +966,7 @@ impl ClusterMatching {
             Status::Waiting { .. } => {
                 s.status = Status::Chatting { partner, room };
                 s.rescan_at = None;
+                s.unblock_at = None;
                 RemoteMatch::Applied(Self::common_text(&s.interests, common_hashes))
             }
             _ => RemoteMatch::Stale,
@@ -1002,10 +1053,12 @@ impl ClusterMatching {
     ) -> Result<Option<Match>, Error> {
         match reply.status.as_str() {
             "waiting" => {
-                if reply.truncated {
-                    let at = now + Self::ms(RESCAN_DELAY);
-                    if let Some(s) = self.sessions.get_mut(&id) {
-                        s.rescan_at = Some(at);
+                let rescan = reply.truncated.then(|| now + Self::ms(RESCAN_DELAY));
+                let unblock = (reply.blocked_until > now).then_some(reply.blocked_until);
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.rescan_at = rescan;
+                    s.unblock_at = unblock;
+                    for at in rescan.into_iter().chain(unblock) {
                         self.timers.insert((at, id));
                     }
                 }
@@ -1018,6 +1071,7 @@ impl ClusterMatching {
                 let s = self.sessions.get_mut(&id).expect("local session");
                 s.status = Status::Chatting { partner, room };
                 s.rescan_at = None;
+                s.unblock_at = None;
                 let common = Self::common_text(&s.interests, &reply.common);
                 let mut b_common = None;
                 if partner.node == self.node
@@ -1025,6 +1079,7 @@ impl ClusterMatching {
                 {
                     p.status = Status::Chatting { partner: me, room };
                     p.rescan_at = None;
+                    p.unblock_at = None;
                     b_common = Some(Self::common_text(&p.interests, &reply.common));
                 }
                 Ok(Some(Match {

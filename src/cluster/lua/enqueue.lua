@@ -2,7 +2,8 @@
 -- ARGV[5] me, ARGV[6] me's current waiting seq ('0' when not waiting), ARGV[7] room id for a
 -- pairing made now, ARGV[8] open_at (ms; '0' without interests), ARGV[9] cooldown partner
 -- ('' for none: find, or skip while waiting), ARGV[10] cooldown end (ms), ARGV[11] cooldown
--- key PX (ms), ARGV[12..] interest hashes.
+-- key PX (ms), ARGV[12] me's address keys for pair blocks (space-separated, may be ''),
+-- ARGV[13..] interest hashes.
 -- Reply: {status, seq, truncated, partner, room, common..., '|', ended...}. Status 'dead'
 -- (this node's heartbeat key is gone: nothing done, no '|' part), 'waiting' or 'paired'.
 -- `ended` is {partner, room, common...} when me, believed waiting, had been paired by another
@@ -22,10 +23,10 @@ elseif cur_seq ~= '0' then
 end
 if cool_with ~= '' then cool(me, cool_with, cool_until, cool_px) end
 local ints = {}
-for i = 12, #ARGV do ints[#ints + 1] = ARGV[i] end
+for i = 13, #ARGV do ints[#ints + 1] = ARGV[i] end
 local seq = redis.call('INCR', K_SEQ)
 redis.call('PEXPIRE', K_SEQ, TTL)
-redis.call('HSET', skey(me), 'q', seq, 'i', table.concat(ints, ' '))
+redis.call('HSET', skey(me), 'q', seq, 'i', table.concat(ints, ' '), 'k', ARGV[12])
 redis.call('PEXPIRE', skey(me), TTL)
 if #ints == 0 then
   redis.call('ZADD', K_OPEN, seq, me)

@@ -9,6 +9,8 @@ local TTL = tonumber(ARGV[4])
 local K_SEQ = KEYS[1]
 local K_OPEN = B .. 'q:open'
 local K_OPENING = B .. 'q:opening'
+-- The safety tables' prefix (REDIS_PREFIX): B without its '{m}:'.
+local P = string.sub(B, 1, #B - 4)
 
 local function skey(addr) return B .. 's:' .. addr end
 local function tkey(addr) return B .. 't:' .. addr end
@@ -40,6 +42,41 @@ end
 local function cooling(a, b)
   local v = redis.call('GET', ckey(a, b))
   return v and tonumber(v) > NOW
+end
+
+-- Pair blocks of the safety extension (src/cluster/safety_store.rs writes them): the key names
+-- the two address keys in order, its value is the block's end (ms). A session's hash holds its
+-- address keys (current and previous epoch) in field 'k'. BLOCK_END: the earliest end of the
+-- blocks that kept a candidate away in this run (the session is retried then), or nil.
+local function pbkey(x, y)
+  if x < y then return P .. 'pairblock:' .. x .. ':' .. y end
+  return P .. 'pairblock:' .. y .. ':' .. x
+end
+local BLOCK_END = nil
+local keys_cache = {}
+local function keys_of(addr)
+  local k = keys_cache[addr]
+  if k == nil then
+    k = split(redis.call('HGET', skey(addr), 'k'))
+    keys_cache[addr] = k
+  end
+  return k
+end
+local function blocked(a, b)
+  local ka = keys_of(a)
+  if #ka == 0 then return false end
+  local kb = keys_of(b)
+  local found = false
+  for _, x in ipairs(ka) do
+    for _, y in ipairs(kb) do
+      local v = tonumber(redis.call('GET', pbkey(x, y)) or '0')
+      if v and v > NOW then
+        found = true
+        if BLOCK_END == nil or v < BLOCK_END then BLOCK_END = v end
+      end
+    end
+  end
+  return found
 end
 
 -- Takes a waiting session out of the queue: every set it is in, and its hash.
@@ -77,7 +114,7 @@ local function first_eligible(set, me)
       if not alive(cand) or redis.call('EXISTS', skey(cand)) == 0 then
         unqueue(cand)
         redis.call('ZREM', set, cand)
-      elseif not cooling(me, cand) then
+      elseif not cooling(me, cand) and not blocked(me, cand) then
         return cand, tonumber(c[i + 1])
       end
     end
@@ -139,9 +176,9 @@ local function cool(a, b, untl, px)
   redis.call('SET', ckey(a, b), untl, 'PX', px)
 end
 
--- Reply: {status, seq, truncated, partner, room, common...}
+-- Reply: {status, seq, truncated, blocked until (ms, '0': none), partner, room, common...}
 local function reply(status, seq, partner, room, common)
-  local r = {status, seq or '0', TRUNCATED and '1' or '0', partner or '', room or ''}
+  local r = {status, seq or '0', TRUNCATED and '1' or '0', tostring(BLOCK_END or 0), partner or '', room or ''}
   for _, h in ipairs(common or {}) do r[#r + 1] = h end
   return r
 end
