@@ -45,7 +45,7 @@ pub const CONN_WINDOW: Duration = Duration::from_secs(60);
 /// Bans remembered per key for the doubling. A ban lasts `BAN_SECS × 2^(n−1)`; past 2^63 no
 /// `Duration` can follow, and long before that the length is `BAN_MAX_SECS`, so counting further
 /// changes nothing (with the defaults the cap is reached at the 6th ban).
-const BAN_HISTORY_MAX: usize = 64;
+pub const BAN_HISTORY_MAX: usize = 64;
 
 /// A report's reason for not counting as a strike: PROTOCOL.md "Report" step 3, in its order
 /// (when several hold, the first is given). The words are the `why` labels of
@@ -260,7 +260,7 @@ impl SafetySettings {
     /// How many connection times are kept per key: past `POW_FREE_CONNS_PER_MIN` + 1 + 32 the
     /// difficulty is at its highest whatever the settings, so a larger count would change
     /// nothing (and a flood from one key cannot grow its entry without bound).
-    fn conn_count_cap(&self) -> usize {
+    pub fn conn_count_cap(&self) -> usize {
         usize::try_from(self.pow_free_conns_per_min)
             .unwrap_or(usize::MAX)
             .saturating_add(1 + usize::from(pow::MAX_BITS))
@@ -493,6 +493,21 @@ impl<K: Ord + Hash + Copy> Safety<K> {
         ban.ends = ban.ends.max(later(now, length));
         self.bans.put(key, ban, later(now, ban_max), now);
         length
+    }
+
+    /// A ban on `key` that ends at `ends`, learnt from elsewhere (the crowd's tables in
+    /// clustered mode): enforced here like one of this node's own, so that it still holds while
+    /// the crowd cannot be asked. Changes nothing in the doubling, which the crowd keeps.
+    pub fn import_ban(&mut self, key: K, ends: Instant, now: Instant) {
+        let mut ban = self.bans.take(&key, now).unwrap_or(Ban {
+            ends,
+            starts: VecDeque::new(),
+        });
+        ban.ends = ban.ends.max(ends);
+        let expires = ban.starts.back().map_or(ban.ends, |start| {
+            later(*start, self.settings.ban_max).max(ban.ends)
+        });
+        self.bans.put(key, ban, expires, now);
     }
 
     /// Time left of the longest ban in force on any of `keys` (pass the current and the

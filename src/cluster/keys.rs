@@ -94,6 +94,18 @@ impl AddressKey {
     pub fn to_hex(&self) -> String {
         hex(&self.0)
     }
+
+    /// The inverse of [`AddressKey::to_hex`] (a key that came from another node).
+    pub fn from_hex(text: &str) -> Option<AddressKey> {
+        if text.len() != 2 * ADDRESS_KEY_BYTES || !text.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; ADDRESS_KEY_BYTES];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(AddressKey(bytes))
+    }
 }
 
 impl fmt::Debug for AddressKey {

@@ -10,4 +10,5 @@
 pub mod keys;
 pub mod matching;
 pub mod node;
+pub mod safety_store;
 pub mod seal;
