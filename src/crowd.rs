@@ -7,11 +7,13 @@
 //! through the node's publisher. The clustered calls are boxed: a session's future, which every
 //! idle session pays for, stays the size the single node needs.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
+pub use crate::cluster::node::Admission;
 use crate::cluster::node::Node;
 use crate::matchmaker::{BadState, SessionId};
-use crate::metrics::Stats;
+use crate::metrics::{RefusedReason, Stats};
 use crate::pow::Challenge;
 use crate::protocol::Refusal;
 use crate::relay::{ControlError, Lobby, Peer, Reported};
@@ -26,11 +28,25 @@ pub enum Crowd {
 }
 
 impl Crowd {
+    /// A connection this node's limits admitted: the crowd's limits (clustered mode) count
+    /// it or refuse it. A single node has nothing more to ask.
+    pub async fn admit(&self, address: IpAddr) -> Result<Admission, RefusedReason> {
+        match self {
+            Crowd::Local(_) => Ok(Admission::default()),
+            Crowd::Cluster(node) => Box::pin(node.admit(address)).await,
+        }
+    }
+
     /// A new session joins as idle and is greeted; returns the number online.
-    pub async fn join(&self, peer: Arc<Peer>, challenge: Option<&Challenge>) -> usize {
+    pub async fn join(
+        &self,
+        peer: Arc<Peer>,
+        challenge: Option<&Challenge>,
+        admission: Admission,
+    ) -> usize {
         match self {
             Crowd::Local(lobby) => lobby.join(peer, challenge),
-            Crowd::Cluster(node) => Box::pin(node.join(peer, challenge)).await,
+            Crowd::Cluster(node) => Box::pin(node.join(peer, challenge, admission.open_key)).await,
         }
     }
 

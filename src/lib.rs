@@ -100,7 +100,15 @@ impl AppState {
     pub fn new(config: Config) -> Result<Arc<AppState>> {
         let metrics = Arc::new(Metrics::new());
         let limits = ConnectionLimits::new(&config).cap_total(descriptor_cap(&config));
-        let standing = Arc::new(Standing::single_node(config.safety()));
+        let standing = Arc::new(match &config.cluster_secret {
+            // Clustered: the address keys every node derives alike (Node::start checks the rest).
+            Some(secret) if config.redis_url.is_some() => {
+                let secret = cluster::seal::ClusterSecret::new(&secret.0)
+                    .map_err(|_| "CLUSTER_SECRET is too short")?;
+                Standing::clustered(config.safety(), &secret)
+            }
+            _ => Standing::single_node(config.safety()),
+        });
         let shutdown = CancellationToken::new();
         let crowd = if config.redis_url.is_some() {
             let node = Node::start(&config, metrics.clone(), standing.clone(), shutdown.clone())?;

@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,7 @@ use crate::metrics::{Metrics, Stats};
 use crate::pow::Challenge;
 use crate::protocol::{ChallengeFrame, LeftReason, Refusal, ServerFrame};
 use crate::safety::ReportOutcome;
-use crate::standing::Standing;
+use crate::standing::{PartnerId, Standing};
 
 /// Most bytes of chat frames that may wait for one session ("never more than 1 MiB").
 pub const OUTBOUND_QUEUE_BYTES: usize = 1 << 20;
@@ -92,6 +92,9 @@ pub struct Peer {
     /// The room that ended last, while no newer one began: what `report` in `idle` or `waiting`
     /// is about.
     last_room: Mutex<Option<LastRoom>>,
+    /// The room in which this session last sent a `msg` (0: none): read by the partner's side
+    /// when the room ends (a report of this session can count as a strike), without its lock.
+    msg_room: AtomicU64,
     /// 0 while alive, else the [`Kill`] that ended it.
     killed: AtomicU8,
     /// The reader's and the writer's wakers for a kill. Lock-free: these are polled on every
@@ -117,8 +120,9 @@ pub enum Kill {
 pub struct Link {
     pub room: RoomId,
     pub partner: Partner,
-    /// This session sent a `msg` in the room (a report of it can count as a strike).
-    pub sent_msg: bool,
+    /// A partner on another node sent a `msg` in the room (a report of it can count as a
+    /// strike); a local partner's is its `msg_room`.
+    pub remote_sent_msg: bool,
 }
 
 /// The other side of a room.
@@ -137,6 +141,8 @@ pub struct RemotePartner {
     pub node: u64,
     pub session: SessionId,
     pub outbox: flume::Sender<Outgoing>,
+    /// Its address key (hex, from the crowd), for a report of it; empty when unknown.
+    pub key: Arc<str>,
 }
 
 /// What a node sends to other nodes (clustered mode), in the order it was queued.
@@ -163,13 +169,17 @@ impl Partner {
     }
 }
 
+/// The start of a relayed `typing` frame (anything else relayed is a `msg`).
+const TYPING_PREFIX: &str = r#"{"type":"typing""#;
+
 /// The last room of a session, as PROTOCOL.md's "What is held" table lists it.
-#[derive(Debug, Clone, Copy)]
-struct LastRoom {
-    partner_address: IpAddr,
-    partner_sent_msg: bool,
-    ended_at: Instant,
-    reported: bool,
+#[derive(Debug, Clone)]
+pub struct LastRoom {
+    pub room: RoomId,
+    pub partner: PartnerId,
+    pub partner_sent_msg: bool,
+    pub ended_at: Instant,
+    pub reported: bool,
 }
 
 impl Peer {
@@ -192,6 +202,7 @@ impl Peer {
             chat_slots: Semaphore::new(relay_depth),
             link: Mutex::new(None),
             last_room: Mutex::new(None),
+            msg_room: AtomicU64::new(0),
             killed: AtomicU8::new(0),
             reader_waker: AtomicWaker::new(),
             writer_waker: AtomicWaker::new(),
@@ -222,7 +233,9 @@ impl Peer {
             let Some(link) = guard.as_mut() else {
                 return Err(RelayError::NotChatting);
             };
-            link.sent_msg |= is_msg;
+            if is_msg {
+                self.msg_room.store(link.room, Ordering::Relaxed);
+            }
             match &link.partner {
                 Partner::Local(partner) => match partner.chat_slots.try_acquire() {
                     Ok(permit) => {
@@ -272,13 +285,14 @@ impl Peer {
     /// wait, so a reader whose queue is full is killed as stalled (1008), as a local sender's
     /// wait would end after [`QUEUE_FULL_GRACE`].
     pub fn push_remote_chat(&self, room: RoomId, frame: Utf8Bytes) {
-        let link = self.link_guard();
-        if !link
-            .as_ref()
-            .is_some_and(|l| l.room == room && matches!(l.partner, Partner::Remote(_)))
-        {
+        let mut link = self.link_guard();
+        let Some(l) = link
+            .as_mut()
+            .filter(|l| l.room == room && matches!(l.partner, Partner::Remote(_)))
+        else {
             return; // a frame for a room this session has left: it reaches nobody
-        }
+        };
+        l.remote_sent_msg |= !frame.as_str().starts_with(TYPING_PREFIX);
         match self.chat_slots.try_acquire() {
             Ok(permit) => {
                 permit.forget();
@@ -293,10 +307,11 @@ impl Peer {
     /// relays can overtake it).
     pub fn link_to(&self, room: RoomId, partner: Partner, matched: &ServerFrame<'_>) {
         let mut link = self.link_guard();
+        *self.last_room_guard() = None;
         *link = Some(Link {
             room,
             partner,
-            sent_msg: false,
+            remote_sent_msg: false,
         });
         self.send_control(matched);
     }
@@ -318,7 +333,7 @@ impl Peer {
     pub fn unlink_room_and_tell(&self, room: RoomId, frame: &ServerFrame<'_>) -> bool {
         let mut link = self.link_guard();
         if link.as_ref().is_some_and(|l| l.room == room) {
-            *link = None;
+            self.remember_room(link.take());
             self.send_control(frame);
             true
         } else {
@@ -400,8 +415,71 @@ impl Peer {
     /// Leaves the room (if any) and tells the client with `frame`, as one step.
     pub fn unlink_and_tell(&self, frame: &ServerFrame<'_>) {
         let mut link = self.link_guard();
-        *link = None;
+        self.remember_room(link.take());
         self.send_control(frame);
+    }
+
+    /// The room `link` just ended: remembered as what a later `report` is about (who the
+    /// partner was, whether it sent a `msg`), unless it is remembered already (so that a
+    /// report's mark stays).
+    fn remember_room(&self, link: Option<Link>) {
+        let Some(link) = link else { return };
+        let mut last = self.last_room_guard();
+        if last.as_ref().is_some_and(|l| l.room == link.room) {
+            return;
+        }
+        let (partner, partner_sent_msg) = match &link.partner {
+            Partner::Local(peer) => (
+                PartnerId::Address(peer.address),
+                peer.msg_room.load(Ordering::Relaxed) == link.room,
+            ),
+            Partner::Remote(remote) => (PartnerId::Key(remote.key.clone()), link.remote_sent_msg),
+        };
+        *last = Some(LastRoom {
+            room: link.room,
+            partner,
+            partner_sent_msg,
+            ended_at: Instant::now(),
+            reported: false,
+        });
+    }
+
+    /// Remembers the room this session is in as ended now (before it is unlinked), for a
+    /// `report` made in it.
+    pub fn remember_current_room(&self) {
+        let link = self.link_guard();
+        let Some(l) = link.as_ref() else { return };
+        let partner = match &l.partner {
+            Partner::Local(peer) => Partner::Local(peer.clone()),
+            Partner::Remote(remote) => Partner::Remote(remote.clone()),
+        };
+        let copy = Link {
+            room: l.room,
+            partner,
+            remote_sent_msg: l.remote_sent_msg,
+        };
+        drop(link);
+        self.remember_room(Some(copy));
+    }
+
+    /// What a `report` by this session is about: the partner of its last room, when that
+    /// ended less than `grace` ago, as (partner, whether it sent a `msg`, whether this is a
+    /// repeat). Marks the room reported.
+    pub fn report_target(&self, grace: Duration) -> Option<(PartnerId, bool, bool)> {
+        let mut last = self.last_room_guard();
+        let room = last
+            .as_mut()
+            .filter(|room| room.ended_at.elapsed() < grace)?;
+        let repeat = std::mem::replace(&mut room.reported, true);
+        Some((room.partner.clone(), room.partner_sent_msg, repeat))
+    }
+
+    /// Whether the last room ended less than `grace` ago (a `report` in `idle` or `waiting`
+    /// is allowed).
+    pub fn in_report_grace(&self, grace: Duration) -> bool {
+        self.last_room_guard()
+            .as_ref()
+            .is_some_and(|room| room.ended_at.elapsed() < grace)
     }
 }
 
@@ -550,7 +628,7 @@ impl Lobby {
         // The partner first: its link is cleared before our `waiting` is queued, so a frame it
         // relays to us lands before that `waiting` or is refused with `bad_state`.
         if let Some(departure) = outcome.departure {
-            inner.room_ended(id, departure.partner, now);
+            inner.room_ended(id, departure.partner);
             inner.tell_partner_left(departure, LeftReason::Skipped);
         }
         inner.unlink_and_tell(id, &ServerFrame::Waiting);
@@ -566,7 +644,7 @@ impl Lobby {
         let now = Instant::now();
         let departure = inner.matchmaker.stop(id, now)?;
         if let Some(departure) = departure {
-            inner.room_ended(id, departure.partner, now);
+            inner.room_ended(id, departure.partner);
             inner.tell_partner_left(departure, LeftReason::Skipped);
         }
         inner.unlink_and_tell(id, &ServerFrame::Idle);
@@ -590,24 +668,17 @@ impl Lobby {
         };
         let chatting = matches!(inner.matchmaker.state(id), Some(State::Chatting { .. }));
         let grace = self.standing.settings().report_grace;
-        let in_grace = reporter
-            .last_room_guard()
-            .is_some_and(|room| now.saturating_duration_since(room.ended_at) < grace);
-        if !chatting && !in_grace {
+        if !chatting && !reporter.in_report_grace(grace) {
             return Err(ControlError::BadState);
         }
         let checked = check().map_err(ControlError::Refused)?;
         if chatting && let Some(departure) = inner.matchmaker.stop(id, now)? {
-            inner.room_ended(id, departure.partner, now);
+            inner.room_ended(id, departure.partner);
             inner.tell_partner_left(departure, LeftReason::Skipped);
         }
-        let mut last = reporter.last_room_guard();
-        let Some(room) = last.as_mut() else {
+        let Some((target, sent_msg, repeat)) = reporter.report_target(grace) else {
             return Err(ControlError::BadState); // cannot happen: checked or just recorded
         };
-        let repeat = std::mem::replace(&mut room.reported, true);
-        let (target, sent_msg) = (room.partner_address, room.partner_sent_msg);
-        drop(last);
         reporter.send_control(&ServerFrame::Reported);
         if chatting {
             reporter.unlink_and_tell(&ServerFrame::Idle);
@@ -616,7 +687,7 @@ impl Lobby {
         if repeat {
             return Ok((checked, None));
         }
-        let outcome = self.standing.report(reporter.address, target, sent_msg);
+        let outcome = self.standing.report(reporter.address, &target, sent_msg);
         Ok((checked, Some(outcome)))
     }
 
@@ -626,7 +697,7 @@ impl Lobby {
         let mut inner = self.lock();
         let departure = inner.matchmaker.close(id);
         if let Some(departure) = departure {
-            inner.room_ended(id, departure.partner, Instant::now());
+            inner.room_ended(id, departure.partner);
             if tell_partner {
                 inner.tell_partner_left(departure, LeftReason::Disconnected);
             } else if let Some(partner) = inner.peers.get(&departure.partner) {
@@ -706,19 +777,11 @@ impl LobbyInner {
 
     /// Records the end of the room of `a` and `b` on both (who the partner was, whether it
     /// sent a `msg`), before either is unlinked.
-    fn room_ended(&self, a: SessionId, b: SessionId, now: Instant) {
-        let (Some(a), Some(b)) = (self.peers.get(&a), self.peers.get(&b)) else {
-            return;
-        };
-        let sent = |peer: &Peer| peer.link_guard().as_ref().is_some_and(|l| l.sent_msg);
-        let (a_sent, b_sent) = (sent(a), sent(b));
-        for (me, partner, partner_sent_msg) in [(a, b, b_sent), (b, a, a_sent)] {
-            *me.last_room_guard() = Some(LastRoom {
-                partner_address: partner.address,
-                partner_sent_msg,
-                ended_at: now,
-                reported: false,
-            });
+    fn room_ended(&self, a: SessionId, b: SessionId) {
+        for id in [a, b] {
+            if let Some(peer) = self.peers.get(&id) {
+                peer.remember_current_room();
+            }
         }
     }
 
@@ -736,12 +799,12 @@ impl LobbyInner {
         *a_link = Some(Link {
             room: pairing.room,
             partner: Partner::Local(b.clone()),
-            sent_msg: false,
+            remote_sent_msg: false,
         });
         *b_link = Some(Link {
             room: pairing.room,
             partner: Partner::Local(a.clone()),
-            sent_msg: false,
+            remote_sent_msg: false,
         });
         let matched = ServerFrame::Matched {
             common: &pairing.common,

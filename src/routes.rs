@@ -214,8 +214,17 @@ fn upgrade_websocket(
             };
             let io = TokioIo::new(upgraded);
             let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+            let admission = match admission {
+                Ok(permit) => match task_state.crowd.admit(permit.address()).await {
+                    Ok(crowd) => Ok((permit, crowd)),
+                    Err(reason) => Err(reason),
+                },
+                Err(reason) => Err(reason),
+            };
             match admission {
-                Ok(permit) => Either::Left(session::run(socket, task_state, permit)),
+                Ok((permit, crowd)) => {
+                    Either::Left(session::run(socket, task_state, permit, crowd))
+                }
                 // Boxed: a refusal is rare and short; unboxed, its future would widen every
                 // session's task.
                 Err(reason) => Either::Right(Box::pin(refuse(socket, reason, task_state))),

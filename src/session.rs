@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::info;
 
 use crate::AppState;
+use crate::crowd::Admission;
 use crate::limits::{ConnectionPermit, SessionAllowance};
 use crate::matchmaker::SessionId;
 use crate::pow::Challenge;
@@ -87,9 +88,10 @@ pub fn run(
     socket: Socket,
     state: Arc<AppState>,
     permit: ConnectionPermit,
+    admission: Admission,
 ) -> impl Future<Output = ()> + Send {
     let (sink, stream) = socket.split();
-    serve_session(sink, stream, state, permit)
+    serve_session(sink, stream, state, permit, admission)
 }
 
 async fn serve_session(
@@ -97,17 +99,25 @@ async fn serve_session(
     stream: SplitStream<Socket>,
     state: Arc<AppState>,
     permit: ConnectionPermit,
+    admission: Admission,
 ) {
     let id: SessionId = rand::random();
     let started = Instant::now();
     let address = permit.address();
     let (peer, outbound) = Peer::new(id, address, Peer::relay_depth(state.config.max_frame_bytes));
     state.metrics.connections.inc();
-    let challenge = state.standing.admit(address);
+    // The crowd's counts when it gave them (clustered mode), else this node's.
+    let challenge = match admission.counts {
+        Some((n, strikes)) => state.standing.admit_counted(address, n, strikes),
+        None => state.standing.admit(address),
+    };
     if let Some(challenge) = &challenge {
         state.metrics.challenge(challenge.bits);
     }
-    let online = state.crowd.join(peer.clone(), challenge.as_ref()).await;
+    let online = state
+        .crowd
+        .join(peer.clone(), challenge.as_ref(), admission)
+        .await;
     // A shutdown that began while this socket was upgrading missed it in `kill_all`.
     if state.shutdown.is_cancelled() {
         peer.kill(Kill::Shutdown);

@@ -15,11 +15,20 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cluster::keys::{AddressKey, AddressKeys, LookupKeys};
+use crate::cluster::seal::ClusterSecret;
 use crate::pow::Challenge;
 use crate::safety::{Evictions, ReportOutcome, Safety, SafetySettings};
 
 /// The features `hello` announces for each combination of settings.
 const FEATURES: [&[&str]; 4] = [&[], &["report"], &["pow"], &["report", "pow"]];
+
+/// Who a session's partner was, for a report: its address when it was on this node, its
+/// address key (hex, under the crowd's shared key of that epoch) when it was on another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartnerId {
+    Address(IpAddr),
+    Key(std::sync::Arc<str>),
+}
 
 /// One node's safety state. See the module documentation.
 #[derive(Debug)]
@@ -42,6 +51,18 @@ impl Standing {
     /// A single node's standing: random address keys per epoch, held in memory only.
     pub fn single_node(settings: SafetySettings) -> Standing {
         let keys = AddressKeys::single_node(settings.key_rotate);
+        Standing {
+            tables: Mutex::new(Safety::new(settings.clone())),
+            keys: Mutex::new(AddressKeysDebug(keys)),
+            settings,
+        }
+    }
+
+    /// A node of a clustered crowd: the address keys every node derives from `CLUSTER_SECRET`
+    /// (so that the crowd's tables in Redis agree), the tables here as this node's own copy,
+    /// enforced while Redis cannot be asked.
+    pub fn clustered(settings: SafetySettings, secret: &ClusterSecret) -> Standing {
+        let keys = AddressKeys::clustered(secret, settings.key_rotate);
         Standing {
             tables: Mutex::new(Safety::new(settings.clone())),
             keys: Mutex::new(AddressKeysDebug(keys)),
@@ -83,17 +104,62 @@ impl Standing {
     }
 
     /// A report of `target` by `reporter`, effects 2–4 of PROTOCOL.md "Report".
-    pub fn report(&self, reporter: IpAddr, target: IpAddr, target_sent_msg: bool) -> ReportOutcome {
-        let (reporter, target) = {
-            let mut keys = self.keys();
-            let now = unix_now();
-            (
-                keys.0.write_key(reporter, now),
-                keys.0.write_key(target, now),
-            )
+    pub fn report(
+        &self,
+        reporter: IpAddr,
+        target: &PartnerId,
+        target_sent_msg: bool,
+    ) -> ReportOutcome {
+        let reporter = self.write_key(reporter);
+        let target = match self.target_key(target) {
+            Some(key) => key,
+            // A key from another node that does not parse: that node is not of this crowd.
+            None => return ReportOutcome::NotCounted(crate::safety::NotCounted::SameAddress),
         };
         self.tables()
             .report(reporter, target, target_sent_msg, Instant::now())
+    }
+
+    /// The address key of a report's target.
+    pub fn target_key(&self, target: &PartnerId) -> Option<AddressKey> {
+        match target {
+            PartnerId::Address(address) => Some(self.write_key(*address)),
+            PartnerId::Key(hex) => AddressKey::from_hex(hex),
+        }
+    }
+
+    /// The address's key of the current epoch, in hex (for the crowd's tables).
+    pub fn key_hex(&self, address: IpAddr) -> String {
+        self.write_key(address).to_hex()
+    }
+
+    /// The keys to look `address` up under, in hex: the current epoch's, then the previous
+    /// one's when there is one.
+    pub fn lookup_hex(&self, address: IpAddr) -> Vec<String> {
+        self.lookup_keys(address)
+            .iter()
+            .map(|k| k.to_hex())
+            .collect()
+    }
+
+    /// A ban on `address` that the crowd holds (`left` to go): enforced here too from now on,
+    /// also while Redis cannot be asked.
+    pub fn import_ban(&self, address: IpAddr, left: Duration) {
+        let key = self.write_key(address);
+        let now = Instant::now();
+        self.tables().import_ban(key, now + left, now);
+    }
+
+    /// Records an accepted connection of `address` here (for when the crowd cannot be asked)
+    /// and returns the challenge the crowd's count `n` and strikes `s` call for.
+    pub fn admit_counted(&self, address: IpAddr, n: u32, strikes: u32) -> Option<Challenge> {
+        if !self.settings.pow_enabled() {
+            return None;
+        }
+        let key = self.write_key(address);
+        let local = self.tables().challenge_bits(key, Instant::now());
+        let crowd = crate::safety::pow_bits(n, strikes, &self.settings);
+        Some(Challenge::new(rand::random(), local.max(crowd)))
     }
 
     /// Whether sessions from `a` and from `b` may not be paired (a pair block between them).
@@ -139,7 +205,8 @@ impl Standing {
         )
     }
 
-    fn write_key(&self, address: IpAddr) -> AddressKey {
+    /// The address's key of the current epoch (what writes use).
+    pub fn write_key(&self, address: IpAddr) -> AddressKey {
         self.keys().0.write_key(address, unix_now())
     }
 
@@ -195,12 +262,16 @@ mod tests {
         });
         let target = ip("203.0.113.9");
         assert!(!standing.pair_blocked(ip("198.51.100.1"), target));
-        assert!(standing.report(ip("198.51.100.1"), target, true).counted());
+        assert!(
+            standing
+                .report(ip("198.51.100.1"), &PartnerId::Address(target), true)
+                .counted()
+        );
         assert!(standing.pair_blocked(target, ip("198.51.100.1")));
         assert!(!standing.pair_blocked(target, ip("198.51.100.2")));
         assert_eq!(standing.ban_left(target), None);
         // Same /64: one address.
-        let outcome = standing.report(ip("2001:db8::1"), target, true);
+        let outcome = standing.report(ip("2001:db8::1"), &PartnerId::Address(target), true);
         assert!(outcome.ban().is_some());
         assert!(standing.ban_left(target).is_some());
         assert!(standing.pair_blocked(ip("2001:db8::ffff"), target));

@@ -718,8 +718,8 @@ async fn all_keys(conn: &mut redis::aio::MultiplexedConnection) -> Vec<Vec<u8>> 
     keys
 }
 
-/// Every key has the prefix and an expiry of at most 60 s (PTTL in 1..=60 000 ms); the number
-/// of keys checked.
+/// Every key has the prefix and an expiry of at most 60 s (PTTL in 1..=60 000 ms), or, for the
+/// safety tables' keys, of at most their table's lifetime; the number of keys checked.
 async fn assert_keys_prefixed_and_expiring(cluster: &Cluster, when: &str) -> usize {
     let mut conn = cluster.redis_conn().await;
     let keys = all_keys(&mut conn).await;
@@ -739,9 +739,22 @@ async fn assert_keys_prefixed_and_expiring(cluster: &Cluster, when: &str) -> usi
         if pttl == -2 {
             continue; // expired between SCAN and PTTL
         }
+        // The safety tables' keys live as their table says (PROTOCOL.md "What is held"): at
+        // most BAN_MAX_SECS (a day by default); every other key within 60 s.
+        let table = &key[cluster.prefix.len()..];
+        let safety = [
+            &b"ban:"[..],
+            b"strikes:",
+            b"strikequota:",
+            b"pairblock:",
+            b"conns:",
+        ]
+        .iter()
+        .any(|name| table.starts_with(name));
+        let max = if safety { 86_400_000 } else { 60_000 };
         assert!(
-            pttl > 0 && pttl <= 60_000,
-            "{when}: key {shown:?} has PTTL {pttl} ms (must expire, within 60 s)"
+            pttl > 0 && pttl <= max,
+            "{when}: key {shown:?} has PTTL {pttl} ms (must expire, within {max} ms)"
         );
         checked += 1;
     }
@@ -1601,7 +1614,6 @@ async fn admitted(cluster: &Cluster, i: usize, address: &str) -> Result<Client, 
 
 /// "`MAX_CONNS_PER_IP` ... hold[s] for an address's connections on all nodes together."
 #[tokio::test]
-#[ignore = "crowd-wide address limits are not built yet (issue 11 stays open): run with --ignored"]
 async fn max_conns_per_ip_holds_across_nodes() {
     let cluster = Cluster::start(
         3,
@@ -1642,7 +1654,6 @@ async fn max_conns_per_ip_holds_across_nodes() {
 /// of 4 never refilled (rate 0), spent over three nodes (no node alone sees more than 2), then
 /// a new connection is refused on each.
 #[tokio::test]
-#[ignore = "crowd-wide address limits are not built yet (issue 11 stays open): run with --ignored"]
 async fn conn_rate_per_min_holds_across_nodes() {
     let cluster = Cluster::start(
         3,
@@ -1675,7 +1686,6 @@ async fn conn_rate_per_min_holds_across_nodes() {
 
 /// A dead node's "connections stop counting against the per-address limits".
 #[tokio::test]
-#[ignore = "crowd-wide address limits are not built yet (issue 11 stays open): run with --ignored"]
 async fn dead_nodes_connections_stop_counting_against_address_limits() {
     let mut cluster = Cluster::start(
         3,
@@ -1862,4 +1872,133 @@ async fn frames_under_another_secret_are_dropped_and_counted() {
          other secret {frames_b:?}); metrics of the node with the other secret:\n{}",
         cluster.metrics(rogue).await
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Safety in clustered mode
+// ---------------------------------------------------------------------------------------------
+
+/// A client of node `i` at `address` (the trusted proxy header).
+async fn client_at(cluster: &Cluster, i: usize, address: &str) -> Client {
+    cluster.client_with(i, &[("X-Client-IP", address)]).await.0
+}
+
+/// `reporter` and `target` are in a room where `target` sent a `msg`: `reporter` reports it;
+/// the reporter hears `reported` then `idle`, the target `left` `skipped`.
+async fn report_after_msg(reporter: &mut Client, target: &mut Client, reason: &str) {
+    msg(target, "you will regret this 4417").await;
+    expect_msg(reporter, "you will regret this 4417").await;
+    reporter
+        .send(json!({"type": "report", "reason": reason}))
+        .await;
+    expect(reporter, "reported").await;
+    expect(reporter, "idle").await;
+    let left = expect(target, "left").await;
+    assert_eq!(left["reason"], "skipped", "{left}");
+}
+
+/// PROTOCOL.md "Safety in clustered mode": "Strikes, bans, pair blocks and connection times are
+/// crowd-wide"; "Redis still never sees an address, a reason or any text". A target reported
+/// by two reporters on two other nodes is banned on every node (`find` refused with `banned`
+/// and `retry_after`), and what the nodes sent Redis meanwhile holds no address or reason.
+#[tokio::test]
+async fn a_target_reported_on_two_nodes_is_banned_on_all_of_them() {
+    let cluster = Cluster::start(
+        3,
+        &[
+            ("TRUST_PROXY_HEADER", "X-Client-IP"),
+            ("REPORTS", "on"),
+            ("BAN_STRIKES", "2"),
+        ],
+    )
+    .await;
+    let monitor = cluster.monitor().await;
+    let (target_ip, first_ip, second_ip) = ("198.51.100.66", "203.0.113.71", "192.0.2.172");
+
+    let mut target = client_at(&cluster, 0, target_ip).await;
+    let mut first = client_at(&cluster, 1, first_ip).await;
+    find(&mut target, &[]).await;
+    find(&mut first, &[]).await;
+    expect(&mut target, "matched").await;
+    expect(&mut first, "matched").await;
+    report_after_msg(&mut first, &mut target, "harassment").await;
+
+    let mut second = client_at(&cluster, 2, second_ip).await;
+    find(&mut target, &[]).await;
+    find(&mut second, &[]).await;
+    expect(&mut target, "matched").await;
+    expect(&mut second, "matched").await;
+    report_after_msg(&mut second, &mut target, "spam").await;
+
+    // Banned: on its own node, and on a fresh socket of every other node.
+    target.send(json!({"type": "find", "interests": []})).await;
+    let refused = expect(&mut target, "error").await;
+    assert_eq!(refused["code"], "banned", "{refused}");
+    assert!(refused["retry_after"].as_u64().unwrap() >= 1, "{refused}");
+    for i in 1..3 {
+        let mut again = client_at(&cluster, i, target_ip).await;
+        again.send(json!({"type": "find", "interests": []})).await;
+        let refused = expect(&mut again, "error").await;
+        assert_eq!(refused["code"], "banned", "node {i}: {refused}");
+    }
+    // The reporters are not banned.
+    find(&mut first, &[]).await;
+
+    let all = monitor.lines().join("\n").to_lowercase();
+    for secret in [target_ip, first_ip, second_ip, "harassment", "spam", "4417"] {
+        assert!(!all.contains(secret), "Redis saw {secret:?}");
+    }
+    assert!(
+        all.contains(&format!("{}ban:", cluster.prefix)),
+        "no ban: key was written"
+    );
+    assert_keys_prefixed_and_expiring(&cluster, "after a ban").await;
+}
+
+/// "The matchmaker never pairs two sessions whose keys are pair-blocked, on any nodes, as it does
+/// for the rematch cooldown": a reported pair, on other nodes and other sockets, does not meet
+/// while the block lasts (anyone else takes either), and is paired within a second of its end.
+#[tokio::test]
+async fn a_reported_pair_never_meets_across_nodes_until_the_block_ends() {
+    const BLOCK: f64 = 4.0;
+    let cluster = Cluster::start(
+        3,
+        &[
+            ("TRUST_PROXY_HEADER", "X-Client-IP"),
+            ("REPORTS", "on"),
+            ("PAIR_BLOCK_SECS", "4"),
+            ("REMATCH_COOLDOWN_SECS", "0"),
+        ],
+    )
+    .await;
+    let (a_ip, b_ip) = ("198.51.100.81", "203.0.113.82");
+    let mut a = client_at(&cluster, 0, a_ip).await;
+    let mut b = client_at(&cluster, 1, b_ip).await;
+    find(&mut a, &[]).await;
+    find(&mut b, &[]).await;
+    expect(&mut a, "matched").await;
+    expect(&mut b, "matched").await;
+    report_after_msg(&mut a, &mut b, "other").await;
+    let reported = Instant::now();
+    drop(a);
+
+    // The reporter again, from another node and socket; its partner waiting on a third node.
+    let mut a = client_at(&cluster, 2, a_ip).await;
+    find(&mut b, &[]).await;
+    find(&mut a, &[]).await;
+    let watch = Instant::now() + Duration::from_millis(1500);
+    for client in [&mut a, &mut b] {
+        if let Ok(frame) = tokio::time::timeout_at(watch, client.recv()).await {
+            panic!("a pair-blocked pair was answered {frame} while the block lasts");
+        }
+    }
+    cluster
+        .wait_stats(&[0, 1, 2], (2, 2, 0), Duration::from_secs(2) + SLACK)
+        .await;
+
+    // When the block ends, they are paired within a second.
+    let bound = reported + secs(BLOCK) + Duration::from_secs(1) + SLACK;
+    expect_by(&mut a, "matched", bound).await;
+    expect_by(&mut b, "matched", bound).await;
+    assert_room(&mut a, &mut b).await;
 }

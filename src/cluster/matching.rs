@@ -243,6 +243,9 @@ pub struct Match {
     pub common_hashes: Vec<String>,
     /// `b`'s text of the common interests when `b` is local (its state is already updated).
     pub b_common: Option<Vec<String>>,
+    /// `b`'s address key (hex) as its node gave it with its `find`, for a report of `b`; empty
+    /// when none was given.
+    pub b_key: String,
 }
 
 /// A room ended because a local session left it; `partner` stays and is now idle. When the
@@ -334,7 +337,8 @@ fn protocol_error(what: &str) -> Error {
     )))
 }
 
-/// A parsed script reply: `{status, seq, truncated, blocked until, partner, room, common...}`.
+/// A parsed script reply: `{status, seq, truncated, blocked until, partner, room, partner's
+/// address key, common...}`.
 struct Reply {
     status: String,
     seq: u64,
@@ -343,12 +347,14 @@ struct Reply {
     blocked_until: u64,
     partner: Option<Addr>,
     room: Option<RoomId>,
+    /// The partner's address key (hex) as its node gave it, empty when none.
+    partner_key: String,
     common: Vec<String>,
 }
 
 impl Reply {
     fn parse(fields: &[String]) -> Result<Reply, Error> {
-        if fields.len() < 6 {
+        if fields.len() < 7 {
             return Err(protocol_error("short reply"));
         }
         let partner = match fields[4].as_str() {
@@ -366,7 +372,8 @@ impl Reply {
             blocked_until: fields[3].parse().map_err(|_| protocol_error("blocked"))?,
             partner,
             room,
-            common: fields[6..].to_vec(),
+            partner_key: fields[6].clone(),
+            common: fields[7..].to_vec(),
         })
     }
 }
@@ -1089,6 +1096,7 @@ impl ClusterMatching {
                     common,
                     common_hashes: reply.common,
                     b_common,
+                    b_key: reply.partner_key,
                 }))
             }
             other => Err(protocol_error(other)),

@@ -24,6 +24,7 @@
 //! node, as the single node's lobby lock), then `local` (never held across an await).
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -40,14 +41,15 @@ use crate::cluster::matching::{
     Addr, Beat, ClusterMatching, ClusterState, Departure, Error as MatchError, Interest, Match,
     MatchingConfig, RemoteMatch,
 };
+use crate::cluster::safety_store::{self, Connection, HexKey, SafetyStore};
 use crate::cluster::seal::{self, ClusterSecret, Opener, Sealer};
 use crate::config::Config;
 use crate::matchmaker::{BadState, RoomId, SessionId};
-use crate::metrics::{Metrics, Stats};
+use crate::metrics::{Metrics, RefusedReason, Stats};
 use crate::pow::Challenge;
 use crate::protocol::{ChallengeFrame, LeftReason, Refusal, ServerFrame};
 use crate::relay::{ControlError, Kill, Outgoing, Partner, Peer, RemotePartner, Reported};
-use crate::standing::Standing;
+use crate::standing::{PartnerId, Standing};
 
 /// How often the node beats: its heartbeat, the crowd's counts, the dead-node check, the retry
 /// of `find`s made while Redis was away. Twice a second keeps every "within 1 s" of the
@@ -158,6 +160,19 @@ struct Local {
     pending: HashMap<SessionId, Vec<Interest>>,
     /// Each session's interests of its last `find`, for a `skip` that Redis cannot take.
     interests: HashMap<SessionId, Vec<Interest>>,
+    /// The address key each session's connection is counted under in the crowd's
+    /// `MAX_CONNS_PER_IP` count (absent when Redis could not count it).
+    open_keys: HashMap<SessionId, HexKey>,
+}
+
+/// What the crowd said of a newly accepted connection (clustered mode): its address's
+/// connections in the last 60 s and strikes, crowd-wide, for the difficulty of its challenge,
+/// and the key it is counted under among the address's open connections. Empty when Redis
+/// could not be asked: this node's own counts then decide.
+#[derive(Debug, Default)]
+pub struct Admission {
+    pub counts: Option<(u32, u32)>,
+    pub open_key: Option<HexKey>,
 }
 
 /// What the beats learnt of the crowd.
@@ -186,6 +201,14 @@ pub struct Node {
     metrics: Arc<Metrics>,
     cluster: ClusterMetrics,
     standing: Arc<Standing>,
+    /// The crowd's safety tables and connection counts (PROTOCOL.md "Safety in clustered
+    /// mode"); `standing` keeps this node's own copy, enforced while Redis is away.
+    store: SafetyStore,
+    /// `MAX_CONNS_PER_IP` for the crowd (0: none).
+    max_conns_per_ip: u32,
+    /// `CONN_RATE_PER_MIN` for the crowd: accepted connections of one address allowed within
+    /// any 60 s (the burst plus a minute's refill).
+    conns_per_min: u32,
     /// Set once the node has begun its graceful shutdown: nothing new is matched.
     closing: AtomicBool,
     /// Messages the publisher has taken off the outbox, for the shutdown's flush.
@@ -262,6 +285,7 @@ impl Node {
             },
             me,
         );
+        let store_conn = conn.clone();
         let (outbox, outbox_rx) = flume::bounded(OUTBOX_DEPTH);
         let node = Arc::new(Node {
             me,
@@ -275,6 +299,16 @@ impl Node {
             conn,
             cluster: ClusterMetrics::new(&metrics),
             metrics,
+            store: SafetyStore::new(
+                store_conn,
+                config.redis_prefix.clone(),
+                config.safety(),
+                config.node_timeout(),
+            ),
+            max_conns_per_ip: u32::try_from(config.max_conns_per_ip).unwrap_or(u32::MAX),
+            conns_per_min: config
+                .conn_burst
+                .saturating_add(config.conn_rate_per_min.floor() as u32),
             standing,
             closing: AtomicBool::new(false),
             published: AtomicU64::new(0),
@@ -308,7 +342,47 @@ impl Node {
     // ----------------------------------------------------------------------------------------
     // The sessions' commands
 
-    pub async fn join(&self, peer: Arc<Peer>, challenge: Option<&Challenge>) -> usize {
+    /// A newly accepted connection from `address`: counted crowd-wide against
+    /// `MAX_CONNS_PER_IP` and `CONN_RATE_PER_MIN` (this node's own limits were checked
+    /// before), or refused. While Redis is unreachable only this node's limits hold.
+    pub async fn admit(&self, address: IpAddr) -> Result<Admission, RefusedReason> {
+        if self.health().is_err() {
+            return Ok(Admission::default());
+        }
+        let key = HexKey::from(self.standing.write_key(address));
+        let now = now_ms();
+        let opened = redis_within(self.store.open(&key, self.me, self.max_conns_per_ip, now));
+        match opened.await {
+            Ok(true) => {}
+            Ok(false) => return Err(RefusedReason::AddressLimit),
+            Err(()) => return Ok(Admission::default()),
+        }
+        let counted = redis_within(self.store.connection(&key, Some(self.conns_per_min), now));
+        match counted.await {
+            Ok(Connection::Accepted { n, strikes }) => Ok(Admission {
+                counts: Some((n, strikes)),
+                open_key: Some(key),
+            }),
+            Ok(Connection::RateLimited) => {
+                let _ = redis_within(self.store.close(&key, self.me)).await;
+                Err(RefusedReason::RateLimit)
+            }
+            Err(()) => Ok(Admission {
+                counts: None,
+                open_key: Some(key),
+            }),
+        }
+    }
+
+    pub async fn join(
+        &self,
+        peer: Arc<Peer>,
+        challenge: Option<&Challenge>,
+        open_key: Option<HexKey>,
+    ) -> usize {
+        if let Some(key) = open_key {
+            self.local().open_keys.insert(peer.id, key);
+        }
         let salt = challenge.map(Challenge::salt_hex);
         let challenge = challenge
             .zip(salt.as_deref())
@@ -334,7 +408,9 @@ impl Node {
         id: SessionId,
         check: impl FnOnce() -> Result<Vec<String>, Refusal>,
     ) -> Result<(), ControlError> {
+        let pair_keys = self.learn_crowd_ban(id).await;
         let mut engine = self.engine.lock().await;
+        engine.set_pair_keys(id, pair_keys);
         if engine.state(id) != Some(ClusterState::Idle) || self.local().pending.contains_key(&id) {
             return Err(ControlError::BadState);
         }
@@ -379,7 +455,9 @@ impl Node {
         id: SessionId,
         check: impl FnOnce() -> Result<(), Refusal>,
     ) -> Result<(), ControlError> {
+        let pair_keys = self.learn_crowd_ban(id).await;
         let mut engine = self.engine.lock().await;
+        engine.set_pair_keys(id, pair_keys);
         let pending = self.local().pending.contains_key(&id);
         let state = engine.state(id);
         if !pending
@@ -444,19 +522,37 @@ impl Node {
         Ok(())
     }
 
-    /// `report` in clustered mode: while chatting, the room ends as after `stop`, the reporter
-    /// hears `reported` then `idle`. The crowd-wide strikes, bans and pair blocks of the safety
-    /// extension are not kept in Redis yet: nothing further is recorded (see the README).
+    /// `report` (PROTOCOL.md "Report"): while chatting, the room ends as after `stop`, the
+    /// reporter hears `reported` then `idle`; in the grace window after a room, `reported`
+    /// alone. Then, unless this partner was reported already, the pair block, strike and ban
+    /// go to the crowd's tables (one script) and to this node's own copy.
     pub async fn report<R>(
         &self,
         id: SessionId,
         check: impl FnOnce() -> Result<R, Refusal>,
     ) -> Result<(R, Reported), ControlError> {
         let mut engine = self.engine.lock().await;
-        if !matches!(engine.state(id), Some(ClusterState::Chatting { .. })) {
+        let Some(reporter) = self.local().peers.get(&id).cloned() else {
+            return Err(ControlError::BadState);
+        };
+        let grace = self.standing.settings().report_grace;
+        let state = engine.state(id);
+        let chatting = matches!(state, Some(ClusterState::Chatting { .. }));
+        if !chatting && !reporter.in_report_grace(grace) {
             return Err(ControlError::BadState);
         }
         let checked = check().map_err(ControlError::Refused)?;
+        if !chatting {
+            drop(engine);
+            return Ok((checked, self.report_last_room(&reporter, grace).await));
+        }
+        reporter.remember_current_room();
+        if let Some(ClusterState::Chatting { partner, .. }) = state
+            && partner.node == self.me
+            && let Some(partner) = self.local().peers.get(&partner.session)
+        {
+            partner.remember_current_room();
+        }
         match within(engine.stop(id, now_ms())).await {
             Ok(departure) => {
                 if let Some(departure) = departure {
@@ -468,9 +564,61 @@ impl Node {
                 self.end_room_locally(&mut engine, id, LeftReason::Skipped, true);
             }
         }
-        self.tell(id, &ServerFrame::Reported);
+        drop(engine);
+        let outcome = self.report_last_room(&reporter, grace).await;
         self.unlink_and_tell(id, &ServerFrame::Idle);
-        Ok((checked, None))
+        Ok((checked, outcome))
+    }
+
+    /// Tells the reporter `reported` and records the report of its last room's partner, here
+    /// and crowd-wide; `None` when that partner was reported already.
+    async fn report_last_room(&self, reporter: &Peer, grace: Duration) -> Reported {
+        let target = reporter.report_target(grace);
+        reporter.send_control(&ServerFrame::Reported);
+        let (target, sent_msg, repeat) = target?;
+        if repeat {
+            return None;
+        }
+        let local = self.standing.report(reporter.address, &target, sent_msg);
+        let reporter_key = HexKey::from(self.standing.write_key(reporter.address));
+        let target_key = match &target {
+            PartnerId::Address(address) => Some(HexKey::from(self.standing.write_key(*address))),
+            PartnerId::Key(hex) => HexKey::from_hex(hex),
+        };
+        let Some(target_key) = target_key else {
+            return Some(local);
+        };
+        let report = self
+            .store
+            .report(&reporter_key, &target_key, sent_msg, now_ms());
+        match redis_within(report).await {
+            Ok(outcome) => Some(outcome),
+            Err(()) => Some(local),
+        }
+    }
+
+    /// Before `find` or `skip`: a ban the crowd holds on the session's address becomes this
+    /// node's too (so the checks, which cannot wait for Redis, see it). Returns the address's
+    /// keys for the matching's pair blocks (none when reports are off).
+    async fn learn_crowd_ban(&self, id: SessionId) -> Vec<String> {
+        if !self.standing.reports_enabled() {
+            return Vec::new();
+        }
+        let Some(address) = self.local().peers.get(&id).map(|p| p.address) else {
+            return Vec::new();
+        };
+        let keys = self.standing.lookup_hex(address);
+        if self.health().is_ok() {
+            let current = HexKey::from_hex(&keys[0]);
+            let previous = keys.get(1).and_then(|k| HexKey::from_hex(k));
+            if let Some(current) = current {
+                let lookup = self.store.ban_left(&current, previous.as_ref(), now_ms());
+                if let Ok(Some(left)) = redis_within(lookup).await {
+                    self.standing.import_ban(address, left);
+                }
+            }
+        }
+        keys
     }
 
     pub async fn leave(&self, id: SessionId, tell_partner: bool) {
@@ -499,6 +647,10 @@ impl Node {
             }
         }
         drop(engine);
+        let open_key = self.local().open_keys.remove(&id);
+        if let Some(key) = open_key {
+            let _ = redis_within(self.store.close(&key, self.me)).await;
+        }
         let mut local = self.local();
         local.pending.remove(&id);
         local.interests.remove(&id);
@@ -645,27 +797,38 @@ impl Node {
             );
         } else {
             drop(local);
+            // `a ‖ a's address key ‖ \n common hashes`: b's node learns whom to report.
+            let a_key = if self.standing.reports_enabled() {
+                self.standing.write_key(a.address).to_hex()
+            } else {
+                String::new()
+            };
             let mut payload = header(KIND_MATCHED, pairing.b.session, pairing.room);
             payload.extend_from_slice(&pairing.a.to_be_bytes());
-            payload.extend_from_slice(pairing.common_hashes.join("\n").as_bytes());
+            payload.extend_from_slice(a_key.as_bytes());
+            for hash in &pairing.common_hashes {
+                payload.push(b'\n');
+                payload.extend_from_slice(hash.as_bytes());
+            }
             self.send(Outgoing::Control {
                 node: pairing.b.node,
                 payload,
             });
             a.link_to(
                 pairing.room,
-                Partner::Remote(self.remote(pairing.b)),
+                Partner::Remote(self.remote(pairing.b, &pairing.b_key)),
                 &ServerFrame::Matched { common: &common },
             );
         }
         self.metrics.matches.inc();
     }
 
-    fn remote(&self, addr: Addr) -> RemotePartner {
+    fn remote(&self, addr: Addr, key: &str) -> RemotePartner {
         RemotePartner {
             node: addr.node,
             session: addr.session,
             outbox: self.outbox.clone(),
+            key: Arc::from(key),
         }
     }
 
@@ -877,9 +1040,9 @@ impl Node {
                     node: from,
                     session: u64::from_be_bytes(body[..8].try_into().expect("8 bytes")),
                 };
-                let hashes: Vec<String> = std::str::from_utf8(&body[8..])
-                    .unwrap_or("")
-                    .split('\n')
+                let mut lines = std::str::from_utf8(&body[8..]).unwrap_or("").split('\n');
+                let key = lines.next().unwrap_or("").to_string();
+                let hashes: Vec<String> = lines
                     .filter(|h| !h.is_empty())
                     .map(str::to_string)
                     .collect();
@@ -891,7 +1054,7 @@ impl Node {
                         if let Some(peer) = peer {
                             peer.link_to(
                                 room,
-                                Partner::Remote(self.remote(partner)),
+                                Partner::Remote(self.remote(partner, &key)),
                                 &ServerFrame::Matched { common: &common },
                             );
                         }
@@ -934,6 +1097,7 @@ impl Node {
         let mut every = tokio::time::interval(BEAT_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let crowd_script = Script::new(CROWD_SCRIPT);
+        let mut open_refreshed: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = every.tick() => {}
@@ -990,6 +1154,11 @@ impl Node {
                     _ => self.cluster.redis_errors.inc(),
                 }
                 self.retry_pending().await;
+                if open_refreshed.is_none_or(|at| at.elapsed() >= safety_store::OPEN_REFRESH_EVERY)
+                {
+                    open_refreshed = Some(Instant::now());
+                    self.refresh_open().await;
+                }
             }
             let last_ok = self.view().last_ok;
             let healthy = last_ok.is_some_and(|at| at.elapsed() < UNHEALTHY_AFTER);
@@ -1012,6 +1181,23 @@ impl Node {
             if last_ok.is_none_or(|at| at.elapsed() >= self.node_timeout) {
                 self.end_rooms_with_dead_nodes(&alone).await;
             }
+        }
+    }
+
+    /// Renews the crowd's count of this node's open connections per address (and its keys'
+    /// expiry), so that it stays right and a dead node's counts vanish.
+    async fn refresh_open(&self) {
+        let mut held: HashMap<HexKey, u32> = HashMap::new();
+        for key in self.local().open_keys.values() {
+            *held.entry(key.clone()).or_default() += 1;
+        }
+        if held.is_empty() {
+            return;
+        }
+        let held: Vec<(HexKey, u32)> = held.into_iter().collect();
+        let refresh = self.store.refresh_open(&held, self.me, now_ms());
+        if redis_within(refresh).await.is_err() {
+            self.cluster.redis_errors.inc();
         }
     }
 
@@ -1133,6 +1319,15 @@ impl Node {
             }
             self.enqueue(&mut engine, id, interests).await;
         }
+    }
+}
+
+/// A safety-store call bounded by [`REDIS_TIMEOUT`]; `Err(())` when Redis failed or did not
+/// answer in time (the caller then relies on this node's own tables).
+async fn redis_within<T>(call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, ()> {
+    match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        _ => Err(()),
     }
 }
 

@@ -41,7 +41,7 @@ else
 end
 local p = try_pair(me, room)
 local r
-if p then r = reply('paired', seq, p[1], room, p[2]) else r = reply('waiting', seq) end
+if p then r = reply('paired', seq, p[1], room, p[2], p[3]) else r = reply('waiting', seq) end
 r[#r + 1] = '|'
 if left then
   r[#r + 1] = left[1]

@@ -126,7 +126,7 @@ end
 -- Matchmaker::try_pair: the longest-waiting eligible session sharing an interest, else (when
 -- `me` is open) the longest-waiting eligible open one. On a pairing both leave the queue and,
 -- when the partner is another node's, it gets a marker `t:` (partner, room, its seq, common).
--- Returns nil or {partner, common hashes (me's order)}.
+-- Returns nil or {partner, common hashes (me's order), partner's address key ('' if none)}.
 local function try_pair(me, room)
   local seq = redis.call('HGET', skey(me), 'q')
   if not seq then return nil end
@@ -147,18 +147,20 @@ local function try_pair(me, room)
     if theirs[h] then common[#common + 1] = h end
   end
   local their_seq = redis.call('HGET', skey(best), 'q')
+  local their_key = keys_of(best)[1] or ''
+  local my_key = keys_of(me)[1] or '-'
   unqueue(me)
   unqueue(best)
   if node_of(best) ~= node_of(me) then
-    local marker = me .. ' ' .. room .. ' ' .. their_seq
+    local marker = me .. ' ' .. room .. ' ' .. their_seq .. ' ' .. my_key
     for _, h in ipairs(common) do marker = marker .. ' ' .. h end
     redis.call('SET', tkey(best), marker, 'PX', TTL)
   end
-  return {best, common}
+  return {best, common, their_key}
 end
 
 -- The marker of a pairing made by another node for `me` while it waited with seq `seq`
--- (consumed here), or nil. Returns {partner, room, common hashes}.
+-- (consumed here), or nil. Returns {partner, room, common hashes, partner's address key}.
 local function taken(me, seq)
   if seq == '0' then return nil end
   local v = redis.call('GET', tkey(me))
@@ -167,8 +169,10 @@ local function taken(me, seq)
   if f[3] ~= seq then return nil end
   redis.call('DEL', tkey(me))
   local common = {}
-  for i = 4, #f do common[#common + 1] = f[i] end
-  return {f[1], f[2], common}
+  for i = 5, #f do common[#common + 1] = f[i] end
+  local key = f[4]
+  if key == '-' then key = '' end
+  return {f[1], f[2], common, key}
 end
 
 -- Starts a cooldown between a and b that ends at `untl` (ms); the key outlives it by `px`.
@@ -176,9 +180,10 @@ local function cool(a, b, untl, px)
   redis.call('SET', ckey(a, b), untl, 'PX', px)
 end
 
--- Reply: {status, seq, truncated, blocked until (ms, '0': none), partner, room, common...}
-local function reply(status, seq, partner, room, common)
-  local r = {status, seq or '0', TRUNCATED and '1' or '0', tostring(BLOCK_END or 0), partner or '', room or ''}
+-- Reply: {status, seq, truncated, blocked until (ms, '0': none), partner, room, partner's
+-- address key ('' if none), common...}
+local function reply(status, seq, partner, room, common, key)
+  local r = {status, seq or '0', TRUNCATED and '1' or '0', tostring(BLOCK_END or 0), partner or '', room or '', key or ''}
   for _, h in ipairs(common or {}) do r[#r + 1] = h end
   return r
 end

@@ -4,10 +4,10 @@
 -- marker), 'lost' (not in the queue, no marker), 'waiting' or 'paired'.
 local me, cur_seq, room = ARGV[5], ARGV[6], ARGV[7]
 local t = taken(me, cur_seq)
-if t then return reply('taken', cur_seq, t[1], t[2], t[3]) end
+if t then return reply('taken', cur_seq, t[1], t[2], t[3], t[4]) end
 if not alive(me) then return reply('dead') end
 if redis.call('HGET', skey(me), 'q') ~= cur_seq then return reply('lost') end
 promote()
 local p = try_pair(me, room)
-if p then return reply('paired', cur_seq, p[1], room, p[2]) end
+if p then return reply('paired', cur_seq, p[1], room, p[2], p[3]) end
 return reply('waiting', cur_seq)
