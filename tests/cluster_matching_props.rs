@@ -10,14 +10,14 @@
 #[path = "common/redis.rs"]
 mod redis_server;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PropConfig, TestCaseError, TestRunner};
 use redis::aio::ConnectionManager;
-use redis_server::RedisServer;
+use redis_server::{RedisServer, all_keys};
 use stranger_relay::cluster::matching::{
     Addr, Beat, ClusterMatching, ClusterState, Error, Interest, Match, MatchingConfig, RemoteMatch,
 };
@@ -401,30 +401,6 @@ fn engine_makes_the_same_pairs_as_the_pure_matchmaker() {
     );
     if let Err(e) = result {
         panic!("{e}");
-    }
-}
-
-/// Keys written under the prefix: name → (type, PTTL).
-async fn all_keys(conn: &mut ConnectionManager) -> HashMap<String, (String, i64)> {
-    let mut out = HashMap::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await
-            .unwrap();
-        for k in keys {
-            let t: String = redis::cmd("TYPE").arg(&k).query_async(conn).await.unwrap();
-            let ttl: i64 = redis::cmd("PTTL").arg(&k).query_async(conn).await.unwrap();
-            out.insert(k, (t, ttl));
-        }
-        if next == 0 {
-            return out;
-        }
-        cursor = next;
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PropConfig, TestCaseError, TestRunner};
 use redis::aio::ConnectionManager;
-use redis_server::RedisServer;
+use redis_server::{RedisServer, all_keys};
 use stranger_relay::cluster::keys::AddressKeys;
 use stranger_relay::cluster::matching::{ClusterMatching, MatchingConfig};
 use stranger_relay::cluster::safety_store::{Connection, HexKey, OPEN_TTL, SafetyStore, nodes_key};
@@ -308,30 +308,6 @@ fn store_gives_the_same_outcomes_as_the_pure_tables() {
     }
     assert!(BANS.load(Relaxed) > 0 && REPEAT_BANS.load(Relaxed) > 0);
     assert!(BLOCKED_LOOKUPS.load(Relaxed) > 0 && SATURATED.load(Relaxed) > 0);
-}
-
-/// Keys in Redis: name → (type, PTTL ms).
-async fn all_keys(conn: &mut ConnectionManager) -> HashMap<String, (String, i64)> {
-    let mut out = HashMap::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await
-            .unwrap();
-        for k in keys {
-            let t: String = redis::cmd("TYPE").arg(&k).query_async(conn).await.unwrap();
-            let ttl: i64 = redis::cmd("PTTL").arg(&k).query_async(conn).await.unwrap();
-            out.insert(k, (t, ttl));
-        }
-        if next == 0 {
-            return out;
-        }
-        cursor = next;
-    }
 }
 
 /// Everything a key holds, as text.

@@ -187,3 +187,29 @@ impl RedisServer {
         }
     }
 }
+
+/// Every key in the server: name → (type, PTTL in ms).
+pub async fn all_keys(
+    conn: &mut impl redis::aio::ConnectionLike,
+) -> std::collections::HashMap<String, (String, i64)> {
+    let mut out = std::collections::HashMap::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await
+            .unwrap();
+        for k in keys {
+            let t: String = redis::cmd("TYPE").arg(&k).query_async(conn).await.unwrap();
+            let ttl: i64 = redis::cmd("PTTL").arg(&k).query_async(conn).await.unwrap();
+            out.insert(k, (t, ttl));
+        }
+        if next == 0 {
+            return out;
+        }
+        cursor = next;
+    }
+}
