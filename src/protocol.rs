@@ -155,8 +155,17 @@ fn bad_request(message: &'static str) -> Refusal {
 /// Step one: reads the frame's `type`. Invalid JSON, a non-object, a missing or non-string
 /// `type`, an unknown `type`, or a lone surrogate escape anywhere is `bad_request`.
 pub fn parse_envelope(frame: &str) -> Result<Envelope<'_>, Refusal> {
-    let fields: RawFields<'_> = serde_json::from_str(frame)
-        .map_err(|_| bad_request("the frame must be a JSON object with a string field \"type\""))?;
+    let not_an_object =
+        || bad_request("the frame must be a JSON object with a string field \"type\"");
+    // serde's derived struct also reads a JSON array (`["find"]`) field by field: only an
+    // object is a frame.
+    if !frame
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return Err(not_an_object());
+    }
+    let fields: RawFields<'_> = serde_json::from_str(frame).map_err(|_| not_an_object())?;
     // serde_json lets lone surrogates through in values it skips or keeps raw; the protocol
     // counts them as invalid JSON wherever they stand.
     if frame.contains("\\u") && has_lone_surrogate_escape(frame) {

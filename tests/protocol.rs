@@ -570,6 +570,9 @@ async fn non_object_json_is_bad_request() {
             "null",
             "true",
             r#"[{"type":"find"}]"#,
+            // An array whose items would fill a frame's fields in order (found by fuzzing).
+            r#"["find"]"#,
+            r#" ["msg", "hi"]"#,
         ],
     )
     .await;

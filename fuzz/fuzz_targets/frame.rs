@@ -9,10 +9,10 @@
 //!   it;
 //! - the parser agrees with an independent reading of the same JSON (serde_json's `Value`,
 //!   keeping every key of the object): a frame is accepted exactly when it is one JSON object
-//!   with a known string `type`, no key the parser reads given twice and no lone surrogate
-//!   escape (the safety extension's `report`, `pow` and `reason` are judged only where the
-//!   build has them); each field is accepted exactly when the protocol's rules say so, with the value
-//!   the independent reading has;
+//!   with a known string `type` (the safety extension's `report` included), no key the parser
+//!   reads given twice (`pow` and `reason` included) and no lone surrogate escape; each field
+//!   (`text`, `active`, `interests`, `pow`, `reason`) is accepted exactly when the protocol's
+//!   rules say so, with the value the independent reading has;
 //! - anything accepted re-serialises to an equivalent frame: the canonical client frame made
 //!   from what was read parses back to the same command and the same field values, and a
 //!   relayed `msg`/`typing` frame holds the same text/flag.
@@ -68,6 +68,56 @@ fn check_frame(frame: &str) {
         check_typing(&envelope, &oracle);
     } else if envelope.command == Command::Find {
         check_find(&envelope, &oracle);
+        check_pow(&envelope, &oracle);
+    } else if envelope.command == Command::Report {
+        check_reason(&envelope, &oracle);
+    }
+}
+
+/// `pow`: absent or `null` is none; a string of 1 to 20 ASCII digits is that solution; anything
+/// else is `bad_request`.
+fn check_pow(envelope: &Envelope<'_>, oracle: &Oracle) {
+    let digits = |p: &str| (1..=20).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit());
+    let expected = match oracle.field("pow") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(p)) if digits(&p) => Ok(Some(p)),
+        Some(_) => Err(ErrorCode::BadRequest),
+    };
+    match envelope.pow() {
+        Ok(pow) => {
+            let pow = pow.map(|p| p.into_owned());
+            assert_eq!(Ok(pow.clone()), expected, "pow");
+            let canonical = json!({ "type": "find", "pow": pow }).to_string();
+            let again = reparse(&canonical).pow().expect("canonical pow");
+            assert_eq!(again.map(|p| p.into_owned()), pow);
+        }
+        Err(refusal) => {
+            assert_refusal(&refusal, &[ErrorCode::BadRequest]);
+            assert_eq!(Err(refusal.code), expected.map(|_| ()), "pow refusal");
+        }
+    }
+}
+
+/// `reason`: absent or `null` is `other`; one of the five names is that reason; anything else
+/// is `bad_request`.
+fn check_reason(envelope: &Envelope<'_>, oracle: &Oracle) {
+    const REASONS: [&str; 5] = ["spam", "sexual", "harassment", "minor", "other"];
+    let expected = match oracle.field("reason") {
+        None | Some(Value::Null) => Ok("other".to_string()),
+        Some(Value::String(r)) if REASONS.contains(&r.as_str()) => Ok(r),
+        Some(_) => Err(ErrorCode::BadRequest),
+    };
+    match envelope.reason() {
+        Ok(reason) => {
+            assert_eq!(Ok(reason.as_str().to_string()), expected, "reason");
+            let canonical = json!({ "type": "report", "reason": reason.as_str() }).to_string();
+            let again = reparse(&canonical).reason().expect("canonical reason");
+            assert_eq!(again, reason);
+        }
+        Err(refusal) => {
+            assert_refusal(&refusal, &[ErrorCode::BadRequest]);
+            assert_eq!(Err(refusal.code), expected.map(|_| ()), "reason refusal");
+        }
     }
 }
 
@@ -241,15 +291,12 @@ struct Oracle {
     lone_surrogate: bool,
 }
 
-/// The keys the v1 parser reads; any other key is ignored, repeated or not.
-const READ_KEYS: [&str; 4] = ["type", "text", "active", "interests"];
-/// Keys of the safety extension: a build with it reads them (and refuses repeats), a v1 build
-/// ignores them, so a frame repeating one of them is left undecided.
-const EXTENSION_KEYS: [&str; 2] = ["pow", "reason"];
-/// Types of v1: each must be accepted.
-const V1_TYPES: [&str; 5] = ["find", "msg", "typing", "skip", "stop"];
-/// Types of the safety extension: accepted or not, depending on the build.
-const EXTENSION_TYPES: [&str; 1] = ["report"];
+/// The keys the parser reads (v1's, then the safety extension's); any other key is ignored,
+/// repeated or not.
+const READ_KEYS: [&str; 6] = ["type", "text", "active", "interests", "pow", "reason"];
+/// The client types: v1's, then the safety extension's (`REPORTS=off` refuses `report` in the
+/// session, not in the parser).
+const TYPES: [&str; 6] = ["find", "msg", "typing", "skip", "stop", "report"];
 
 impl Oracle {
     fn read(frame: &str) -> Oracle {
@@ -289,8 +336,7 @@ impl Oracle {
     }
 
     /// Step one's rule: one JSON object, a known string `type`, no read key given twice, no
-    /// lone surrogate escape. `None` where it depends on whether the build has the safety
-    /// extension.
+    /// lone surrogate escape.
     fn acceptable(&self) -> Option<bool> {
         let Some(entries) = &self.entries else {
             return Some(false);
@@ -302,17 +348,7 @@ impl Oracle {
         let Some(kind) = self.kind() else {
             return Some(false);
         };
-        let known = if V1_TYPES.contains(&kind.as_str()) {
-            Some(true)
-        } else if EXTENSION_TYPES.contains(&kind.as_str()) {
-            None
-        } else {
-            Some(false)
-        };
-        match known {
-            Some(true) if EXTENSION_KEYS.iter().any(repeats) => None,
-            known => known,
-        }
+        Some(TYPES.contains(&kind.as_str()))
     }
 }
 
