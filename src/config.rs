@@ -89,6 +89,10 @@ pub struct Config {
     /// yet); unset: a single node, all in memory.
     #[arg(long, env = "REDIS_URL", value_parser = redis_url)]
     pub redis_url: Option<String>,
+    /// Where users and authorities reach the operator, shown on the page (the EU DSA's point of
+    /// contact): an e-mail address or an https:// address, at most 200 characters. Unset: none.
+    #[arg(long, env = "OPERATOR_CONTACT", value_parser = operator_contact)]
+    pub operator_contact: Option<String>,
     /// Required with REDIS_URL: at least 32 characters, the same on every node.
     #[arg(long, env = "CLUSTER_SECRET", hide_env_values = true, value_parser = cluster_secret)]
     pub cluster_secret: Option<Secret>,
@@ -190,6 +194,7 @@ impl Default for Config {
             log: "info".into(),
             redis_url: None,
             cluster_secret: None,
+            operator_contact: None,
             redis_prefix: "stranger-relay:".into(),
             node_timeout_secs: 5.0,
             reports: OnOff(true),
@@ -220,6 +225,7 @@ impl Config {
                 config.trust_proxy_header.take_if(|h| h.is_empty());
                 config.redis_url.take_if(|u| u.is_empty());
                 config.cluster_secret.take_if(|s| s.0.is_empty());
+                config.operator_contact.take_if(|c| c.is_empty());
                 if let Err(invalid) = config.safety().validate() {
                     eprintln!("stranger-relay: {invalid}");
                     std::process::exit(2);
@@ -444,6 +450,38 @@ fn on_off(s: &str) -> Result<OnOff, String> {
     }
 }
 
+/// The longest `OPERATOR_CONTACT`: an address or a link, not a notice.
+const OPERATOR_CONTACT_MAX_CHARS: usize = 200;
+
+fn operator_contact(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    let plain = s.chars().count() <= OPERATOR_CONTACT_MAX_CHARS
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "<>\"'`\\".contains(c));
+    let link = s
+        .strip_prefix("https://")
+        .is_some_and(|rest| !rest.is_empty());
+    let email = s.split_once('@').is_some_and(|(user, domain)| {
+        let user_ok = |c: char| c.is_ascii_alphanumeric() || "._%+-".contains(c);
+        let domain_ok = |c: char| c.is_ascii_alphanumeric() || ".-".contains(c);
+        !user.is_empty()
+            && user.chars().all(user_ok)
+            && domain.contains('.')
+            && domain.chars().all(domain_ok)
+    });
+    if plain && (link || email) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "an e-mail address or an https:// address, without spaces or quotes, at most {OPERATOR_CONTACT_MAX_CHARS} characters"
+        ))
+    }
+}
+
 fn header_name(s: &str) -> Result<String, String> {
     let s = s.trim();
     if s.is_empty() {
@@ -485,6 +523,34 @@ mod tests {
         assert!(one_line_error(&err).contains("REPORTS"));
         let err = Config::try_parse_from(["x", "--ban-strikes", "0"]).unwrap_err();
         assert!(one_line_error(&err).contains("BAN_STRIKES"));
+    }
+
+    #[test]
+    fn operator_contact_is_an_address_or_an_https_link() {
+        for good in [
+            "abuse@example.org",
+            "https://example.org/contact",
+            " ops@relay.example.net ",
+        ] {
+            assert_eq!(
+                operator_contact(good),
+                Ok(good.trim().to_string()),
+                "{good}"
+            );
+        }
+        assert_eq!(operator_contact(""), Ok(String::new()));
+        for bad in [
+            "abuse",
+            "http://example.org",
+            "https://",
+            "a b@example.org",
+            "x@y@example.org",
+            "\"><script>@example.org",
+            "javascript:alert(1)@x.org",
+            &format!("https://{}", "a".repeat(200)),
+        ] {
+            assert!(operator_contact(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

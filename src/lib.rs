@@ -92,6 +92,8 @@ pub struct AppState {
     pub clock: limits::Clock,
     /// Reports, bans, pair blocks and proof of work (the safety extension).
     pub standing: Arc<Standing>,
+    /// The page, filled in with this server's settings.
+    pub site: assets::Site,
 }
 
 impl AppState {
@@ -122,6 +124,7 @@ impl AppState {
             )))
         };
         Ok(Arc::new(AppState {
+            site: assets::Site::new(config.operator_contact.as_deref()),
             crowd,
             standing,
             limits: Arc::new(limits),

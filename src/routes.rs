@@ -92,7 +92,7 @@ pub fn routes(
         });
     let metrics = warp::path!("metrics")
         .and(get_or_head())
-        .and(with_state)
+        .and(with_state.clone())
         .map(|state: Arc<AppState>| {
             let body = state
                 .metrics
@@ -102,9 +102,13 @@ pub fn routes(
     let page = get_or_head()
         .and(warp::path::tail())
         .and(warp::header::optional::<String>("if-none-match"))
-        .and_then(|tail: warp::path::Tail, etags: Option<String>| async move {
-            assets::serve(tail.as_str(), etags.as_deref()).ok_or_else(warp::reject::not_found)
-        });
+        .and(with_state.clone())
+        .and_then(
+            |tail: warp::path::Tail, etags: Option<String>, state: Arc<AppState>| async move {
+                (state.site.serve(tail.as_str(), etags.as_deref()))
+                    .ok_or_else(warp::reject::not_found)
+            },
+        );
     ws.map(Reply::into_response)
         .or(healthz.map(Reply::into_response))
         .unify()

@@ -2029,6 +2029,11 @@ async fn invalid_safety_settings_stop_startup_with_one_line_naming_the_setting()
             &[("POW_FREE_CONNS_PER_MIN", "1.5")],
         ),
         ("POW_BITS_PER_STRIKE", &[("POW_BITS_PER_STRIKE", "-3")]),
+        ("OPERATOR_CONTACT", &[("OPERATOR_CONTACT", "call us maybe")]),
+        (
+            "OPERATOR_CONTACT",
+            &[("OPERATOR_CONTACT", "http://example.org")],
+        ),
     ];
     let mut problems = Vec::new();
     for (name, env) in cases {
@@ -2303,4 +2308,27 @@ async fn strikes_and_connection_counts_do_not_outlive_a_key_rotation() {
     assert_eq!(reports(&server, "other", "yes").await, 2.0);
     assert_eq!(value(&server.metrics().await, "relay_bans_total", &[]), 0.0);
     fresh.find_ok(&[]).await;
+}
+
+/// The optional point of contact (`OPERATOR_CONTACT`, README "Safety"): on the page when set,
+/// as a link; absent otherwise.
+#[tokio::test]
+async fn the_operator_contact_is_shown_on_the_page_when_set() {
+    let server = TestServer::start(Config {
+        operator_contact: Some("abuse@relay.example.org".into()),
+        ..config()
+    })
+    .await;
+    let (status, page) = server.get("/").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("href=\"mailto:abuse@relay.example.org\""),
+        "no contact link on the page"
+    );
+    let plain = TestServer::start(config()).await;
+    let (_, page) = plain.get("/").await;
+    assert!(
+        !page.contains("mailto:"),
+        "a contact without OPERATOR_CONTACT"
+    );
 }
