@@ -585,7 +585,7 @@ impl Node {
             PartnerId::Address(address) => Some(HexKey::from(self.standing.write_key(*address))),
             PartnerId::Key(hex) => HexKey::from_hex(hex),
         };
-        let Some(target_key) = target_key else {
+        let Some(target_key) = target_key.filter(|_| self.health().is_ok()) else {
             return Some(local);
         };
         let report = self
@@ -648,7 +648,8 @@ impl Node {
         }
         drop(engine);
         let open_key = self.local().open_keys.remove(&id);
-        if let Some(key) = open_key {
+        // While Redis is away the count stays there until its key expires (a minute).
+        if let Some(key) = open_key.filter(|_| self.health().is_ok()) {
             let _ = redis_within(self.store.close(&key, self.me)).await;
         }
         let mut local = self.local();
