@@ -518,6 +518,69 @@ fn two_nodes_on_one_redis_match_each_other() {
     });
 }
 
+/// A pairing made by another node whose notice never arrives (pub/sub delivers at most once)
+/// leaves no session waiting: the next refreshing heartbeat finds the session out of the queue
+/// and its retry takes the pairing from the marker; an entry lost altogether makes it idle
+/// (`Lost`), for the node to queue it again.
+#[test]
+fn a_lost_notice_or_a_lost_entry_is_settled_by_the_heartbeat() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let mut conn = connect(&server).await;
+        let mut n1 = ClusterMatching::new(conn.clone(), config(Duration::from_secs(60)));
+        let mut n2 = ClusterMatching::new(conn.clone(), config(Duration::from_secs(60)));
+        n1.heartbeat(T0).await.unwrap();
+        n2.heartbeat(T0).await.unwrap();
+        n1.register(1);
+        n2.register(2);
+        assert_eq!(n1.find(1, vec![], T0).await.unwrap(), None);
+        let m = n2.find(2, vec![], T0).await.unwrap().expect("paired");
+        // Node 2's notice to node 1 is lost. Node 1's next beats within the refresh period say
+        // nothing; the refreshing one finds session 1 out of the queue.
+        let refresh = T0 + Duration::from_secs(10).as_millis() as u64;
+        n1.heartbeat(T0 + 500).await.unwrap();
+        assert!(n1.take_unqueued().is_empty());
+        n1.heartbeat(refresh).await.unwrap();
+        assert_eq!(n1.take_unqueued(), vec![1]);
+        let settled = n1
+            .retry(1, refresh)
+            .await
+            .unwrap()
+            .expect("the marker's pairing");
+        assert_eq!(
+            (settled.a, settled.b, settled.room),
+            (1, n2.addr(2), m.room)
+        );
+        assert_eq!(
+            n1.state(1),
+            Some(ClusterState::Chatting {
+                partner: n2.addr(2),
+                room: m.room
+            })
+        );
+        // The late notice changes nothing.
+        assert_eq!(
+            n1.remote_matched(1, n2.addr(2), m.room, &[]),
+            RemoteMatch::AlreadyKnown
+        );
+
+        // An entry lost altogether (its keys gone): idle, for a fresh find.
+        n1.register(3);
+        assert_eq!(n1.find(3, vec![], refresh).await.unwrap(), None);
+        let _: () = redis::cmd("DEL")
+            .arg(format!("{PREFIX}{{m}}:s:{}", n1.addr(3).encode()))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let later = refresh + Duration::from_secs(10).as_millis() as u64;
+        n1.heartbeat(later).await.unwrap();
+        assert_eq!(n1.take_unqueued(), vec![3]);
+        assert!(matches!(n1.retry(3, later).await, Err(Error::Lost)));
+        assert_eq!(n1.state(3), Some(ClusterState::Idle));
+        assert_eq!(n1.find(3, vec![], later).await.unwrap(), None);
+    });
+}
+
 #[test]
 fn a_dead_nodes_waiting_session_is_never_matched() {
     let server = RedisServer::start();

@@ -91,6 +91,9 @@
 //!   calls [`ClusterMatching::remote_left`]). A pairing made by another node is also left in
 //!   Redis as a marker that this engine consumes on the session's next operation, so a lost or
 //!   late notice never leaves a session in two places: `stop`/`skip`/`close`/`retry` report it.
+//!   A notice that never arrives leaves no session waiting either: a refreshing heartbeat
+//!   lists the waiting sessions no longer queued ([`ClusterMatching::take_unqueued`]), and the
+//!   node retries them (the pairing from the marker, or [`Error::Lost`]: idle, to queue again).
 //! - Calls for one node are serialised (`&mut self`), like the lobby's lock on the matchmaker.
 //!
 //! # Differences from the pure matchmaker
@@ -425,6 +428,8 @@ pub struct ClusterMatching {
     last_refresh: Option<u64>,
     /// Whether the heartbeat key was ever written (later beats only renew it).
     beaten: bool,
+    /// See [`ClusterMatching::take_unqueued`].
+    unqueued: Vec<SessionId>,
 }
 
 impl fmt::Debug for ClusterMatching {
@@ -459,6 +464,7 @@ impl ClusterMatching {
             timers: BTreeSet::new(),
             last_refresh: None,
             beaten: false,
+            unqueued: Vec::new(),
         }
     }
 
@@ -498,7 +504,9 @@ impl ClusterMatching {
         inv
     }
 
-    /// Runs `heartbeat.lua` in `mode` for these addresses; returns the reply's status.
+    /// Runs `heartbeat.lua` in `mode` for these addresses; returns the reply's status. Local
+    /// waiting sessions among them that are no longer queued are kept for
+    /// [`ClusterMatching::take_unqueued`].
     async fn run_heartbeat(
         &mut self,
         now: u64,
@@ -513,7 +521,24 @@ impl ClusterMatching {
             inv.arg(a);
         }
         let fields: Vec<String> = inv.invoke_async(&mut self.conn).await?;
-        Ok(Reply::parse(&fields)?.status)
+        let reply = Reply::parse(&fields)?;
+        for gone in reply.common.iter().filter_map(|a| Addr::decode(a)) {
+            let waiting = self
+                .sessions
+                .get(&gone.session)
+                .is_some_and(|s| matches!(s.status, Status::Waiting { .. }));
+            if gone.node == self.node && waiting {
+                self.unqueued.push(gone.session);
+            }
+        }
+        Ok(reply.status)
+    }
+
+    /// Local sessions that wait here but were found out of Redis's queue by a heartbeat: paired
+    /// by another node whose notice was lost, or lost. [`ClusterMatching::retry`] settles each
+    /// (the pairing from its marker, or [`Error::Lost`]).
+    pub fn take_unqueued(&mut self) -> Vec<SessionId> {
+        std::mem::take(&mut self.unqueued)
     }
 
     /// The addresses of this node's waiting sessions.
@@ -867,7 +892,15 @@ impl ClusterMatching {
         let reply = Reply::parse(&fields)?;
         match reply.status.as_str() {
             "dead" => Err(Error::NodeDead),
-            "lost" => Err(Error::Lost),
+            "lost" => {
+                // Out of the queue with nothing to show for it: idle here too, for a new find.
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.status = Status::Idle;
+                    s.rescan_at = None;
+                    s.unblock_at = None;
+                }
+                Err(Error::Lost)
+            }
             _ => self.apply_reply(id, reply, now),
         }
     }

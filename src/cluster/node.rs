@@ -683,8 +683,32 @@ impl Node {
         for pairing in pairings {
             self.apply_match(pairing);
         }
-        for (_, error) in errors {
-            self.redis_error(&error);
+        for (id, error) in errors {
+            self.retry_failed(id, &error);
+        }
+    }
+
+    /// A waiting session's retry failed: one whose queue entry was lost waits for Redis again
+    /// (a `find` with its interests), as one made while Redis was away.
+    fn retry_failed(&self, id: SessionId, error: &MatchError) {
+        self.redis_error(error);
+        if matches!(error, MatchError::Lost) {
+            let interests = self.local().interests.get(&id).cloned().unwrap_or_default();
+            self.local().pending.insert(id, interests);
+        }
+    }
+
+    /// Settles the waiting sessions that the heartbeat found out of the queue: a pairing made
+    /// by another node whose notice never came is taken from its marker; a lost entry is
+    /// queued again.
+    async fn settle_unqueued(&self) {
+        let mut engine = self.engine.lock().await;
+        for id in engine.take_unqueued() {
+            match within(engine.retry(id, now_ms())).await {
+                Ok(Some(pairing)) => self.apply_match(pairing),
+                Ok(None) => {}
+                Err(error) => self.retry_failed(id, &error),
+            }
         }
     }
 
@@ -1154,6 +1178,7 @@ impl Node {
                     }
                     _ => self.cluster.redis_errors.inc(),
                 }
+                self.settle_unqueued().await;
                 self.retry_pending().await;
                 if open_refreshed.is_none_or(|at| at.elapsed() >= safety_store::OPEN_REFRESH_EVERY)
                 {
