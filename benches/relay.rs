@@ -1,6 +1,8 @@
 //! The load generator: `cargo bench --bench relay` measures stranger-relay and the Node + ws
 //! reference server side by side, each a child process on loopback with every limit raised,
-//! and prints one markdown table; `-- soak` churns ten thousand sessions through every path and
+//! and prints one markdown table, then the Rust server with its safety defaults against
+//! `POW_MAX_BITS=0 REPORTS=off` (`-- safety` alone) and three nodes on one Redis (`-- cluster`
+//! alone); `-- soak` churns ten thousand sessions through every path and
 //! fails on a leak; `-- growth` measures memory per session from 1 000 sessions to what the
 //! open-file limit allows; `-- --smoke` runs the table's scenarios and a soak small against
 //! the Rust server and checks correctness (and leaks) only.
@@ -9,7 +11,8 @@
 //! connection), chat at two rates (CPU per relayed message, latency), churn (matches per second,
 //! CPU per match), slow readers (peak memory, what happens to them, the other rooms' latency),
 //! soak (every path of a session, then nothing left behind), growth (per-session cost against
-//! the crowd's size, repeated bursts). CPU and memory are read from outside the server, in
+//! the crowd's size, repeated bursts), safety (the cost of the safety defaults), cluster
+//! (cross-node chat and churn, Redis commands per message and per match). CPU and memory are read from outside the server, in
 //! `/proc`.
 
 #[path = "relay/chat.rs"]
@@ -18,6 +21,10 @@ mod chat;
 mod churn;
 #[path = "relay/client.rs"]
 mod client;
+#[path = "relay/cluster.rs"]
+mod cluster;
+#[path = "relay/cpus.rs"]
+mod cpus;
 #[path = "relay/growth.rs"]
 mod growth;
 #[path = "relay/idle.rs"]
@@ -28,6 +35,8 @@ mod options;
 mod procfs;
 #[path = "relay/report.rs"]
 mod report;
+#[path = "relay/safety.rs"]
+mod safety;
 #[path = "relay/server.rs"]
 mod server;
 #[path = "relay/slow_reader.rs"]
@@ -40,7 +49,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use options::{Options, Scenario};
-use report::Column;
+use report::{Column, Section};
 use server::{Kind, Server};
 
 fn main() -> ExitCode {
@@ -94,6 +103,7 @@ fn main() -> ExitCode {
             (false, Scenario::Table) => full(options, args, nofile).await,
             (false, Scenario::Soak) => soak_alone(options).await,
             (false, Scenario::Growth) => growth_alone(options, args, nofile).await,
+            (false, Scenario::Safety | Scenario::Cluster) => section_alone(options, args).await,
         }
     })
 }
@@ -103,21 +113,29 @@ fn main() -> ExitCode {
 async fn smoke(options: Options) -> ExitCode {
     let (ticks, _) = procfs::clock_ticks_per_sec();
     let started = Instant::now();
-    let mut measured = if options.scenario == Scenario::Soak {
-        Measured::default()
-    } else {
-        measure(Kind::Rust, &options, ticks).await
+    let mut measured = match options.scenario {
+        Scenario::Soak | Scenario::Safety | Scenario::Cluster => Measured::default(),
+        Scenario::Table | Scenario::Growth => measure(Kind::Rust, &options, ticks).await,
     };
-    eprintln!("== rust: soak");
-    let soaked = soak::run(options.soak, ticks).await;
-    print!("{}", soaked.text);
-    if soaked.failures.is_empty() {
-        measured.passed += 1;
+    for section in sections(&options, ticks).await {
+        print!("{}", section.text);
+        if section.failures.is_empty() {
+            measured.passed += 1;
+        }
+        measured.column.failures.extend(section.failures);
     }
-    measured
-        .column
-        .failures
-        .extend(soaked.failures.into_iter().map(|f| format!("soak: {f}")));
+    if !matches!(options.scenario, Scenario::Safety | Scenario::Cluster) {
+        eprintln!("== rust: soak");
+        let soaked = soak::run(options.soak, ticks).await;
+        print!("{}", soaked.text);
+        if soaked.failures.is_empty() {
+            measured.passed += 1;
+        }
+        measured
+            .column
+            .failures
+            .extend(soaked.failures.into_iter().map(|f| format!("soak: {f}")));
+    }
     let failed = measured.column.failures.len();
     let passed = measured.passed;
     for failure in &measured.column.failures {
@@ -155,6 +173,11 @@ async fn full(options: Options, args: Vec<String>, nofile: u64) -> ExitCode {
         }
         columns.push((kind, measure(kind, &options, ticks).await));
     }
+    let sections = if options.servers.contains(&Kind::Rust) {
+        sections(&options, ticks).await
+    } else {
+        Vec::new()
+    };
     let load_after = procfs::load_average();
 
     let mut out = String::new();
@@ -231,6 +254,13 @@ async fn full(options: Options, args: Vec<String>, nofile: u64) -> ExitCode {
             failed = true;
         }
     }
+    for section in &sections {
+        out += &format!("\n{}", section.text);
+        for failure in &section.failures {
+            out += &format!("- FAILED: {failure}\n");
+            failed = true;
+        }
+    }
     print!("{out}");
     let copy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("test-output");
     if std::fs::create_dir_all(&copy).is_ok() {
@@ -241,6 +271,52 @@ async fn full(options: Options, args: Vec<String>, nofile: u64) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// The safety rows (defaults against `POW_MAX_BITS=0 REPORTS=off`) and the clustered rows, as
+/// the scenario asks (the table and the smoke run have both).
+async fn sections(options: &Options, ticks: u64) -> Vec<Section> {
+    let mut out = Vec::new();
+    if options.scenario != Scenario::Cluster && options.scenario != Scenario::Soak {
+        out.push(safety::run(&options.safety, ticks).await);
+    }
+    if options.scenario != Scenario::Safety && options.scenario != Scenario::Soak {
+        out.push(cluster::run(&options.cluster, ticks).await);
+    }
+    out
+}
+
+/// `-- safety`, `-- cluster`: that section alone, printed and copied to
+/// `test-output/<scenario>.md`.
+async fn section_alone(options: Options, args: Vec<String>) -> ExitCode {
+    let (ticks, _) = procfs::clock_ticks_per_sec();
+    let machine = procfs::Machine::describe();
+    let name = if options.scenario == Scenario::Safety {
+        "safety"
+    } else {
+        "cluster"
+    };
+    let mut out = format!(
+        "## stranger-relay {name}\n\n- date: {}\n- command: `cargo bench --bench relay -- {}`\n- \
+         machine: nproc {}, {} MiB memory, {}, {}\n- load average before: {}\n",
+        machine.date,
+        args.join(" "),
+        machine.cpus,
+        machine.mem_total_mib,
+        machine.cpu_model,
+        machine.kernel,
+        procfs::load_average()
+    );
+    let mut passed = true;
+    for section in sections(&options, ticks).await {
+        out += &format!("- load average after: {}\n\n", procfs::load_average());
+        out += &section.text;
+        for failure in &section.failures {
+            out += &format!("- FAILED: {failure}\n");
+            passed = false;
+        }
+    }
+    finish(&out, &format!("{name}.md"), passed)
 }
 
 /// `-- soak`: the soak alone, printed and copied to `test-output/soak.md`.

@@ -14,6 +14,7 @@
 //! write; how far each send was behind its schedule is recorded separately (the sender lag), so
 //! a load generator that cannot keep up shows.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,7 +23,8 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::client::{self, Incoming, Ws};
+use crate::client::{self, Dial, Incoming, Ws};
+use crate::cpus::{self, Cpus};
 use crate::procfs::{CpuUsed, CpuWindow};
 use crate::report::{Column, Value};
 use crate::server::Server;
@@ -56,11 +58,25 @@ impl Load {
 /// Opens `count` rooms whose sides are paired through the interest `<tag><index>`; in order.
 pub async fn open_rooms(server: &Server, tag: &str, count: usize) -> Result<Vec<(Ws, Ws)>, String> {
     let addr = server.addr;
+    open_rooms_at(tag, count, |_| [(addr, Dial::default()); 2]).await
+}
+
+/// As [`open_rooms`], the two sides of room `i` connecting where and as `sides(i)` says (on two
+/// nodes of a cluster, from client addresses of their own); the first side finds first.
+pub async fn open_rooms_at(
+    tag: &str,
+    count: usize,
+    sides: impl Fn(usize) -> [(SocketAddr, Dial); 2],
+) -> Result<Vec<(Ws, Ws)>, String> {
     let rooms: Vec<Result<(Ws, Ws), String>> = futures::stream::iter(0..count)
         .map(|i| {
             let interest = format!("{tag}{i}");
+            let [(addr_a, dial_a), (addr_b, dial_b)] = sides(i);
             async move {
-                let (a, b) = tokio::try_join!(client::connect(addr), client::connect(addr))?;
+                let (a, b) = tokio::try_join!(
+                    client::connect_with(addr_a, dial_a),
+                    client::connect_with(addr_b, dial_b)
+                )?;
                 let (mut a, mut b) = (a, b);
                 let limit = Duration::from_secs(30);
                 client::send(&mut a, client::find(Some(&interest))).await?;
@@ -96,9 +112,12 @@ pub struct Outcome {
     /// The first errors seen (lost, duplicated, reordered, misdelivered, unexpected frames).
     pub errors: Vec<String>,
     pub error_count: u64,
-    /// CPU of the server and of the load generator over the run.
+    /// CPU of the server (every process measured, added up) and of the load generator over
+    /// the run.
     pub server: CpuUsed,
     pub client: CpuUsed,
+    /// CPU of each process measured, in the order given to [`run_on`].
+    pub servers: Vec<CpuUsed>,
 }
 
 impl Outcome {
@@ -149,6 +168,12 @@ pub fn histogram() -> Histogram<u64> {
 /// The CPU of the server `pid` and of this process is measured from the first scheduled send
 /// until the last message has arrived (before the sockets close).
 pub async fn run(rooms: Vec<(Ws, Ws)>, load: Load, pid: u32, ticks: u64) -> Outcome {
+    run_on(rooms, load, &[pid], ticks).await
+}
+
+/// As [`run`], measuring the CPU of every process of `pids` (the nodes of a cluster and their
+/// Redis), each and added up.
+pub async fn run_on(rooms: Vec<(Ws, Ws)>, load: Load, pids: &[u32], ticks: u64) -> Outcome {
     let shared = Arc::new(Shared {
         latency: Mutex::new(histogram()),
         lag: Mutex::new(histogram()),
@@ -230,7 +255,7 @@ pub async fn run(rooms: Vec<(Ws, Ws)>, load: Load, pid: u32, ticks: u64) -> Outc
     }
 
     tokio::time::sleep_until(start).await;
-    let server_cpu = CpuWindow::start(Some(pid), ticks);
+    let server_cpu = Cpus::start(pids, ticks);
     let client_cpu = CpuWindow::start(None, ticks);
     let mut sent = 0;
     let mut sinks = Vec::with_capacity(sides);
@@ -251,13 +276,15 @@ pub async fn run(rooms: Vec<(Ws, Ws)>, load: Load, pid: u32, ticks: u64) -> Outc
     {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let used = |window: Result<CpuWindow, String>| {
-        window.and_then(|w| w.stop()).unwrap_or_else(|e| {
-            shared.fail(format!("CPU measurement: {e}"));
-            CpuUsed::default()
-        })
-    };
-    let (server, client) = (used(server_cpu), used(client_cpu));
+    let servers = server_cpu.and_then(|w| w.stop()).unwrap_or_else(|e| {
+        shared.fail(format!("CPU measurement: {e}"));
+        vec![CpuUsed::default(); pids.len()]
+    });
+    let client = client_cpu.and_then(|w| w.stop()).unwrap_or_else(|e| {
+        shared.fail(format!("CPU measurement: {e}"));
+        CpuUsed::default()
+    });
+    let server = cpus::total(&servers);
     for receiver in &receivers {
         receiver.abort();
     }
@@ -286,6 +313,7 @@ pub async fn run(rooms: Vec<(Ws, Ws)>, load: Load, pid: u32, ticks: u64) -> Outc
         error_count: shared.error_count.into_inner(),
         server,
         client,
+        servers,
     }
 }
 

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::client::{self, Incoming};
+use crate::client::{self, Dial, Incoming};
+use crate::cpus::{self, Cpus};
 use crate::procfs::{CpuUsed, CpuWindow};
 use crate::report::{Column, Value};
 use crate::server::Server;
@@ -25,8 +26,37 @@ const LAST_WAIT: Duration = Duration::from_secs(3);
 /// What churn measured.
 pub struct Outcome {
     pub matches: f64,
+    /// CPU of every process measured, added up.
     pub server: CpuUsed,
     pub client: CpuUsed,
+    /// CPU of each process measured, in the order of [`Target::pids`].
+    pub servers: Vec<CpuUsed>,
+}
+
+impl Outcome {
+    pub fn per_second(&self) -> f64 {
+        self.matches / self.server.wall_secs.max(1e-9)
+    }
+}
+
+/// Where the workers connect and whose CPU is measured.
+pub struct Target {
+    /// Worker `w` connects to `addrs[w % addrs.len()]` (the nodes of a cluster in turn).
+    pub addrs: Vec<std::net::SocketAddr>,
+    /// The processes whose CPU counts as the server's (nodes and Redis).
+    pub pids: Vec<u32>,
+    /// How each visit connects (called once per visit: a fresh client address, say).
+    pub dial: fn() -> Dial,
+}
+
+impl Target {
+    pub fn server(server: &Server) -> Target {
+        Target {
+            addrs: vec![server.addr],
+            pids: vec![server.pid],
+            dial: Dial::default,
+        }
+    }
 }
 
 enum End {
@@ -44,18 +74,48 @@ pub async fn run(
     out: &mut Column,
 ) -> Result<Outcome, String> {
     server.wait_empty().await?;
+    let outcome = churn(&Target::server(server), workers, secs, ticks).await?;
+    let (matches, server_used, client_used) = (outcome.matches, outcome.server, outcome.client);
+    let label = format!("churn, {workers} workers");
+    out.put(
+        &format!("{label}: matches per second"),
+        Value::num(matches / server_used.wall_secs, 0),
+    );
+    out.put(
+        &format!("{label}: server CPU µs per match"),
+        Value::num(server_used.micros_per(matches as u64), 1),
+    );
+    out.put(
+        &format!("{label}: server CPU, % of one core"),
+        Value::num(server_used.percent_of_core(), 0),
+    );
+    out.put(
+        &format!("{label}: load generator CPU, % of one core"),
+        Value::num(client_used.percent_of_core(), 0),
+    );
+    Ok(outcome)
+}
+
+/// The churn itself against `target` (whose sessions must all be gone), without rows.
+pub async fn churn(
+    target: &Target,
+    workers: usize,
+    secs: f64,
+    ticks: u64,
+) -> Result<Outcome, String> {
     let matched = Arc::new(AtomicU64::new(0));
     let start = Instant::now() + Duration::from_millis(100);
     let deadline = start + Duration::from_secs_f64(secs);
     let tasks: Vec<_> = (0..workers)
         .map(|w| {
             let matched = matched.clone();
-            let addr = server.addr;
+            let addr = target.addrs[w % target.addrs.len()];
+            let dial = target.dial;
             tokio::spawn(async move {
                 tokio::time::sleep_until(start).await;
                 let mut iteration = 0u64;
                 while Instant::now() < deadline {
-                    match one_stranger(addr, w, iteration, deadline, &matched).await? {
+                    match one_stranger(addr, dial(), w, iteration, deadline, &matched).await? {
                         End::Done => iteration += 1,
                         End::GaveUp(from, to) => return Ok::<_, String>(Some((from, to))),
                     }
@@ -66,11 +126,11 @@ pub async fn run(
         .collect();
 
     tokio::time::sleep_until(start).await;
-    let server_cpu = CpuWindow::start(Some(server.pid), ticks)?;
+    let server_cpu = Cpus::start(&target.pids, ticks)?;
     let client_cpu = CpuWindow::start(None, ticks)?;
     tokio::time::sleep_until(deadline).await;
     let matched_frames = matched.load(Ordering::Relaxed);
-    let (server_used, client_used) = (server_cpu.stop()?, client_cpu.stop()?);
+    let (servers, client_used) = (server_cpu.stop()?, client_cpu.stop()?);
 
     let mut gave_up: Vec<(Instant, Instant)> = Vec::new();
     let mut errors = Vec::new();
@@ -99,33 +159,18 @@ pub async fn run(
     if matches < 1.0 {
         return Err("no match at all".into());
     }
-    let label = format!("churn, {workers} workers");
-    out.put(
-        &format!("{label}: matches per second"),
-        Value::num(matches / server_used.wall_secs, 0),
-    );
-    out.put(
-        &format!("{label}: server CPU µs per match"),
-        Value::num(server_used.micros_per(matches as u64), 1),
-    );
-    out.put(
-        &format!("{label}: server CPU, % of one core"),
-        Value::num(server_used.percent_of_core(), 0),
-    );
-    out.put(
-        &format!("{label}: load generator CPU, % of one core"),
-        Value::num(client_used.percent_of_core(), 0),
-    );
     Ok(Outcome {
         matches,
-        server: server_used,
+        server: cpus::total(&servers),
         client: client_used,
+        servers,
     })
 }
 
 /// One stranger's visit.
 async fn one_stranger(
     addr: std::net::SocketAddr,
+    dial: Dial,
     worker: usize,
     iteration: u64,
     deadline: Instant,
@@ -133,7 +178,7 @@ async fn one_stranger(
 ) -> Result<End, String> {
     let limit = Duration::from_secs(10);
     let fail = |e: String| format!("worker {worker}, visit {iteration}: {e}");
-    let mut ws = client::connect(addr).await.map_err(fail)?;
+    let mut ws = client::connect_with(addr, dial).await.map_err(fail)?;
     client::send(&mut ws, client::find(None))
         .await
         .map_err(fail)?;

@@ -3,20 +3,29 @@
 use std::time::Duration;
 
 use crate::chat::Load;
+use crate::cluster;
 use crate::growth::{self, Size};
+use crate::safety;
 use crate::server::Kind;
 use crate::slow_reader;
 use crate::soak;
 
 pub const USAGE: &str = "\
-cargo bench --bench relay [-- [soak|growth] OPTIONS]
+cargo bench --bench relay [-- [soak|growth|safety|cluster] OPTIONS]
 
-  (no scenario)           the table: idle, chat, churn, slow readers, both servers (~3 min)
-  soak                    10 000 sessions churned through every path, then a leak check (~2 min)
+  (no scenario)           the table: idle, chat, churn, slow readers, both servers; then the
+                          safety and clustered rows (~5 min)
+  safety                  the Rust server with the safety defaults against POW_MAX_BITS=0
+                          REPORTS=off: churn, alternating, and a chat (~1.5 min)
+  cluster                 3 nodes on one redis-server: cross-node chat, churn, Redis commands
+                          (~1 min)
+  soak                    10 000 sessions churned through every path after a 70 s warm-up,
+                          then a leak check (~3 min)
   growth                  memory per session at 1 000 ... 19 000 sessions, and repeated bursts
                           (~6 min with both servers)
-  --smoke                 the Rust server only, small, correctness only, the table's scenarios
-                          and a soak of 1 000 sessions (about a minute)
+  --smoke                 the Rust server only, small, correctness only, the table's scenarios,
+                          safety on and off, a 3-node cluster and a soak of 1 000 sessions
+                          (about a minute)
   --server rust|node|both which servers to measure [both]
   --idle N                idle sockets [10000]
   --chat ROOMSxRATE,...   chat configurations, rate per side per second [1000x5,100x200]
@@ -28,7 +37,7 @@ cargo bench --bench relay [-- [soak|growth] OPTIONS]
   --slow-secs T           seconds the normal rooms chat beside the slow readers [20]
   --slow-baseline-secs T  seconds of the same normal rooms alone [10]
   --soak-sessions N       soak: connections per round [2000]
-  --soak-rounds K         soak: measured rounds after the warm-up round [5]
+  --soak-rounds K         soak: measured rounds after the warm-up [5]
   --growth N,N,...,max    growth: sizes; max = what the open-file limit allows [1000,5000,10000,max]
   --bursts K              growth: bursts against one server [5]
   --burst-sessions N      growth: sessions per burst [10000]
@@ -41,6 +50,8 @@ pub enum Scenario {
     Table,
     Soak,
     Growth,
+    Safety,
+    Cluster,
 }
 
 #[derive(Clone, Debug)]
@@ -58,6 +69,8 @@ pub struct Options {
     pub warm_up_rooms: usize,
     pub soak: soak::Config,
     pub growth: growth::Config,
+    pub safety: safety::Config,
+    pub cluster: cluster::Config,
 }
 
 impl Options {
@@ -80,6 +93,7 @@ impl Options {
             soak: soak::Config {
                 round_sessions: 2000,
                 rounds: 5,
+                warm_up: Duration::from_secs(70),
                 settle: Duration::from_secs(2),
             },
             growth: growth::Config {
@@ -94,6 +108,8 @@ impl Options {
                 settle: Duration::from_secs(2),
                 warm_up_rooms: 200,
             },
+            safety: safety::Config::full(),
+            cluster: cluster::Config::full(),
         }
     }
 
@@ -116,9 +132,12 @@ impl Options {
             soak: soak::Config {
                 round_sessions: 200,
                 rounds: 5,
+                warm_up: Duration::ZERO,
                 settle: Duration::from_millis(500),
             },
             growth: Options::full().growth,
+            safety: safety::Config::smoke(),
+            cluster: cluster::Config::smoke(),
         }
     }
 
@@ -141,6 +160,8 @@ impl Options {
                 "--bench" | "--smoke" => {}
                 "soak" => o.scenario = Scenario::Soak,
                 "growth" => o.scenario = Scenario::Growth,
+                "safety" => o.scenario = Scenario::Safety,
+                "cluster" => o.scenario = Scenario::Cluster,
                 "--soak-sessions" => o.soak.round_sessions = number(arg, &value()?)?,
                 "--soak-rounds" => o.soak.rounds = number(arg, &value()?)?,
                 "--growth" => {

@@ -1,5 +1,5 @@
 //! The results: one column of named metrics per server, and the markdown table that puts them
-//! side by side with their ratio.
+//! side by side with their ratio (or lists one alone).
 
 use std::fmt::Write;
 
@@ -43,7 +43,8 @@ impl Column {
     }
 }
 
-/// The markdown table: one row per metric, one column per server, then `reference ÷ Rust`.
+/// The markdown table: one row per metric, one column per server (or configuration), then the
+/// ratio second ÷ first (`reference ÷ Rust`; `defaults ÷ safety off`).
 pub fn table(columns: &[(&str, &Column)]) -> String {
     let mut names: Vec<&str> = Vec::new();
     for (_, column) in columns {
@@ -72,4 +73,32 @@ pub fn table(columns: &[(&str, &Column)]) -> String {
         let _ = writeln!(out, "| {name} | {} | {ratio} |", shown.join(" | "));
     }
     out
+}
+
+/// One column and no ratio (the clustered rows, which have no reference to compare with).
+pub fn list(heading: &str, column: &Column) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "| metric | {heading} |");
+    let _ = writeln!(out, "|---|---:|");
+    for (name, value) in &column.metrics {
+        let _ = writeln!(out, "| {name} | {} |", value.show());
+    }
+    out
+}
+
+/// A part of the report of its own (the safety and clustered rows): its markdown, and what
+/// failed.
+pub struct Section {
+    pub text: String,
+    pub failures: Vec<String>,
+}
+
+impl Section {
+    /// A section that could not be measured at all.
+    pub fn failed(title: &str, failures: Vec<String>) -> Section {
+        Section {
+            text: format!("### {title}\n\nnot measured.\n"),
+            failures,
+        }
+    }
 }

@@ -114,9 +114,17 @@ impl Server {
 
     /// As [`Server::start`], with `extra` set after (over) [`ENVIRONMENT`].
     pub async fn start_with(kind: Kind, extra: &[(&str, &str)]) -> Result<Server, String> {
+        Server::start_as(kind, kind.short(), extra).await
+    }
+
+    /// As [`Server::start_with`], logging to `bench-<name>.log` (several servers at once).
+    pub async fn start_as(
+        kind: Kind,
+        name: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Server, String> {
         let port = free_port()?;
-        let log =
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-{}.log", kind.short()));
+        let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-{name}.log"));
         let log_file =
             std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let log_err = log_file.try_clone().map_err(|e| e.to_string())?;
