@@ -30,7 +30,7 @@ const TAGS: [&str; 3] = ["a", "b", "c"];
 const PREFIX: &str = "test-relay:";
 /// The engine's clock: milliseconds, starting anywhere.
 const T0: u64 = 1_800_000_000_000;
-const CASES: u32 = 2000;
+const CASES: u32 = 1500;
 
 /// Client addresses of the sessions (slot % ADDRESSES): several sessions share one, as tabs
 /// behind one NAT do, so that pair blocks also hold within one address.

@@ -32,7 +32,7 @@ const PREFIX: &str = "test-relay:";
 /// The store's clock: milliseconds since the Unix epoch, starting anywhere.
 const T0: u64 = 1_800_000_000_000;
 const KEYS: u32 = 6;
-const CASES: u32 = 400;
+const CASES: u32 = 300;
 const NODE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn key(n: u32) -> HexKey {
